@@ -1,0 +1,159 @@
+"""`edlc.compile`: import -> passes -> lower -> build, each step a plain function call.
+
+Every user-caused failure surfaces as an EdlcError before any artifact is written; TVM's own
+exceptions are caught at the lowering/build boundary and re-raised naming the node or step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+import edlc
+from edlc.errors import EdlcError, ModelError, ShapeError, UnsupportedOpError
+from edlc.frontend.onnx import load_model_proto, load_onnx
+from edlc.ir.graph import Graph
+from edlc.ir.types import TensorType
+from edlc.lower import LoweredModel, lower, unsupported_nodes
+from edlc.pass_manager import PassManager
+from edlc.runtime import Module
+from edlc.target import Target, get_target
+
+ModelLike = str | os.PathLike | onnx.ModelProto | Graph
+
+
+def model_digest(model: ModelLike) -> tuple[str, str]:
+    """(name, sha256) of the model as given: file bytes, serialized proto or exported graph."""
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            with open(model, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelError(f"{model}: cannot read the model file ({e.strerror})") from e
+        return os.path.splitext(os.path.basename(model))[0], hashlib.sha256(data).hexdigest()
+    if isinstance(model, Graph):
+        return model.name, hashlib.sha256(model.to_onnx().SerializeToString()).hexdigest()
+    return model.graph.name or "model", hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def bind_graph_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    """Bind symbolic input dims of an already-imported graph; types are re-inferred by the
+    fold-constants pass that follows."""
+    for name, shape in input_shapes.items():
+        v = graph.input(name) if any(i.name == name for i in graph.inputs) else None
+        if v is None:
+            raise ShapeError(f"--input-shape names '{name}', but the model's inputs are {[i.name for i in graph.inputs]}")
+        old = v.type
+        if old.shape is not None and len(old.shape) != len(shape):
+            raise ShapeError(f"input '{name}' has rank {len(old.shape)} {list(old.shape)}, got shape {list(shape)}")
+        if old.shape is not None:
+            for d, s in zip(old.shape, shape):
+                if isinstance(d, int) and d != s:
+                    raise ShapeError(f"input '{name}' has fixed dim {d}, cannot bind it to {s}")
+        v.type = TensorType(tuple(int(s) for s in shape), old.dtype)
+    for node in graph.nodes:  # symbolic types downstream are stale: let inference redo them
+        for out in node.outputs:
+            if out.type is not None and not out.type.is_static:
+                out.type = TensorType(None, out.type.dtype)
+
+
+def import_model(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    if isinstance(model, Graph):
+        graph = model.copy()
+        if input_shapes:
+            bind_graph_shapes(graph, input_shapes)
+        return graph
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model_proto(model)
+    if not isinstance(model, onnx.ModelProto):
+        raise EdlcError(f"model must be a path, an onnx.ModelProto or an edlc.Graph, not {type(model).__name__}")
+    return load_onnx(model, input_shapes)
+
+
+def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = None,
+             disabled: Iterable[str] = (), verify_each: bool = False,
+             print_after: Iterable[str] = ()) -> tuple[Graph, PassManager]:
+    """Run the pass pipeline for `opt_level` (or an explicit list) on the graph."""
+    pm = PassManager(passes, verify_each=verify_each, print_after=print_after, disabled=disabled) \
+        if passes is not None else PassManager.for_opt_level(opt_level, verify_each=verify_each,
+                                                              print_after=print_after, disabled=disabled)
+    return pm.run(graph), pm
+
+
+def build(lowered: LoweredModel, target: Target, opt_level: int = 2):
+    """Compile a lowered model with TVM for the target; returns the TVM executable."""
+    import tvm
+
+    from edlc.errors import LoweringError
+
+    try:
+        with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
+            return tvm.compile(lowered.mod, target=target.tvm_target())
+    except EdlcError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoweringError(f"TVM build for target '{target.name}' failed: {first[:400]}") from e
+
+
+def _spec(name: str, t: TensorType) -> dict[str, Any]:
+    return {"name": name, "shape": list(t.shape) if t.shape is not None else None, "dtype": t.dtype}
+
+
+def compile(
+    model: ModelLike,
+    target: str | Target = "x86",
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    opt_level: int = 2,
+    records: str | os.PathLike | None = None,
+    quantize: str | None = None,
+    calibration: Any = None,
+    sparsity: str | None = None,
+    *,
+    passes: Sequence[str] | None = None,
+    disabled_passes: Iterable[str] = (),
+    verify_each: bool = False,
+    print_after: Iterable[str] = (),
+    target_options: Mapping[str, Any] | None = None,
+) -> Module:
+    """Compile a model (path, onnx.ModelProto or edlc.Graph) for a target; returns a Module
+    whose `run` executes the built code."""
+    for option, value in (("records", records), ("quantize", quantize), ("sparsity", sparsity),
+                          ("calibration", calibration)):
+        if value is not None:
+            raise EdlcError(f"option '{option}' is not available in this version of edlc yet")
+    tgt = get_target(target, **dict(target_options or {}))
+    name, digest = model_digest(model)
+    graph = import_model(model, input_shapes)
+    unsupported = unsupported_nodes(graph)
+    if unsupported:
+        raise UnsupportedOpError(unsupported)
+    graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after)
+    lowered = lower(graph)
+    executable = build(lowered, tgt, opt_level)
+    manifest = {
+        "format": 1,
+        "edlc_version": edlc.__version__,
+        "tvm_version": _tvm_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": name, "sha256": digest},
+        "target": tgt.to_json(),
+        "opt_level": opt_level,
+        "inputs": [_spec(n, t) for n, t in lowered.inputs],
+        "outputs": [_spec(n, t) for n, t in lowered.outputs],
+        "params": list(lowered.params),
+        "files": ["model.so", "params.npz"],
+    }
+    return Module(executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()})
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)

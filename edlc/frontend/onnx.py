@@ -1,0 +1,386 @@
+"""ONNX <-> edlc Graph.
+
+Import checks the model, binds symbolic input dims, runs ONNX shape inference, and turns
+initializers and Constant nodes into constant values. Export writes a Graph back as an ONNX
+model (edlc.* ops in the 'edlc' domain) so other runtimes can run an optimized graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from edlc.errors import ModelError, ShapeError
+from edlc.ir.graph import Graph, Node, Value
+from edlc.ir.types import TensorType, dtype_name, numpy_dtype
+
+MIN_OPSET = 7
+InputShapes = Mapping[str, Sequence[int]]
+
+
+# ---- dtypes ------------------------------------------------------------------------------------
+def onnx_dtype_name(elem_type: int) -> str:
+    if elem_type == TensorProto.STRING:
+        return "string"
+    if elem_type == TensorProto.INT4:
+        return "int4"
+    if elem_type == TensorProto.UINT4:
+        return "uint4"
+    try:
+        return dtype_name(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError) as e:
+        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
+        raise ModelError(f"unsupported tensor element type {name}") from e
+
+
+def onnx_elem_type(name: str) -> int:
+    if name == "string":
+        return TensorProto.STRING
+    if name in ("int4", "uint4"):
+        return TensorProto.INT4 if name == "int4" else TensorProto.UINT4
+    return helper.np_dtype_to_tensor_dtype(numpy_dtype(name))
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file; external data is read only from inside the model's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot parse'})") from e
+    _load_external_data(model, path.parent.resolve(), path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
+
+    for t in _get_all_tensors(model):
+        if not uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        target = (base / loc).resolve()
+        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts or not target.is_relative_to(base):
+            raise ModelError(
+                f"{path}: tensor '{t.name}' points at external data '{loc}' outside the model's folder"
+            )
+        if not target.is_file():
+            raise ModelError(f"{path}: tensor '{t.name}': external data file '{loc}' is missing")
+        try:
+            load_external_data_for_tensor(t, str(base))
+        except Exception as e:
+            raise ModelError(f"{path}: tensor '{t.name}': cannot read external data '{loc}': {e}") from e
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+
+
+def load_onnx(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None) -> Graph:
+    """Import an ONNX model (path or ModelProto) into an edlc Graph, binding symbolic input
+    dims from `input_shapes` ({"x": (1, 3, 224, 224)})."""
+    proto = model if isinstance(model, onnx.ModelProto) else load_model_proto(model)
+    where = "model" if isinstance(model, onnx.ModelProto) else str(model)
+    proto = _checked_copy(proto, where)
+    if input_shapes:
+        bind_input_shapes(proto, input_shapes, where)
+    proto = _infer_shapes(proto, where)
+    return import_model(proto)
+
+
+def _checked_copy(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    opset = {o.domain or "": o.version for o in copy.opset_import}
+    if "" not in opset and "ai.onnx" not in opset:
+        raise ModelError(f"{where}: the model imports no ONNX opset (opset_import lacks the default domain)")
+    version = opset.get("", opset.get("ai.onnx"))
+    if version < MIN_OPSET:
+        raise ModelError(f"{where}: opset {version} is older than the oldest supported ({MIN_OPSET}); "
+                         "upgrade it with onnx.version_converter")
+    try:
+        onnx.checker.check_model(copy)
+    except Exception as e:
+        raise ModelError(f"{where}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from e
+    return copy
+
+
+def bind_input_shapes(proto: onnx.ModelProto, input_shapes: InputShapes, where: str = "model") -> None:
+    """Set the graph inputs' dims to the given shapes, checking rank and fixed dims."""
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = {i.name: i for i in proto.graph.input if i.name not in inits}
+    for name, shape in input_shapes.items():
+        if name not in inputs:
+            raise ShapeError(f"{where}: --input-shape names '{name}', but the model's inputs are {sorted(inputs)}")
+        tt = inputs[name].type.tensor_type
+        dims = tt.shape.dim
+        if tt.HasField("shape") and len(dims) != len(shape):
+            have = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            raise ShapeError(f"{where}: input '{name}' has rank {len(dims)} {have}, got shape {list(shape)}")
+        if not tt.HasField("shape") or len(dims) == 0:
+            tt.shape.Clear()
+            for _ in shape:
+                tt.shape.dim.add()
+        for d, s in zip(tt.shape.dim, shape):
+            if d.HasField("dim_value") and d.dim_value != s:
+                raise ShapeError(f"{where}: input '{name}' has fixed dim {d.dim_value}, cannot bind it to {s}")
+            d.Clear()
+            d.dim_value = int(s)
+
+
+def _infer_shapes(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise ShapeError(f"{where}: ONNX shape inference failed: {str(e).strip().splitlines()[0]}") from e
+
+
+# ---- import ------------------------------------------------------------------------------------
+def tensor_type_of(vi: onnx.ValueInfoProto | onnx.TypeProto, what: str) -> TensorType | None:
+    tp = vi.type if isinstance(vi, onnx.ValueInfoProto) else vi
+    kind = tp.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind != "tensor_type":
+        raise ModelError(f"{what} has a {kind.replace('_type', '')} type; edlc supports tensors only")
+    tt = tp.tensor_type
+    if tt.elem_type == TensorProto.UNDEFINED:
+        return None
+    dtype = onnx_dtype_name(tt.elem_type)
+    if not tt.HasField("shape"):
+        return TensorType(None, dtype)
+    dims: list[int | str] = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"?{i}")
+    return TensorType(tuple(dims), dtype)
+
+
+def import_model(proto: onnx.ModelProto) -> Graph:
+    opset = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
+    graph = Graph(proto.graph.name or "main", opset)
+    _import_graph(proto.graph, graph, {})
+    graph.meta_doc = proto.doc_string  # type: ignore[attr-defined]
+    return graph
+
+
+def _import_graph(gp: onnx.GraphProto, graph: Graph, outer: dict[str, Value]) -> None:
+    scope: dict[str, Value] = dict(outer)
+    types = {vi.name: vi for vi in list(gp.value_info) + list(gp.output)}
+    for t in gp.initializer:
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as e:
+            raise ModelError(f"initializer '{t.name}' cannot be read: {e}") from e
+        scope[t.name] = _const_value(graph, t.name, arr)
+    for vi in gp.input:
+        if vi.name in scope and vi.name not in outer:
+            continue  # an initializer listed as input (old exporters): a constant
+        t = tensor_type_of(vi, f"input '{vi.name}'")
+        if t is None:
+            raise ModelError(f"input '{vi.name}' has no type")
+        v = Value(vi.name, t)
+        graph._names.add(vi.name)
+        graph.inputs.append(v)
+        scope[vi.name] = v
+    for i, np_ in enumerate(gp.node):
+        name = np_.name or f"{np_.op_type}_{i}"
+        if np_.op_type == "Constant" and np_.domain in ("", "ai.onnx"):
+            node = Node("Constant", [], [Value(np_.output[0], None)], _decode_attrs(np_, graph, scope), name=name)
+            (arr,) = evaluate_node(node, [], graph.opset)
+            scope[np_.output[0]] = _const_value(graph, np_.output[0], arr)
+            continue
+        inputs = []
+        for nm in np_.input:
+            if nm == "":
+                inputs.append(None)
+            elif nm not in scope:
+                raise ModelError(f"node '{name}' ({np_.op_type}): input '{nm}' is not defined by any node, "
+                                 "input or initializer before it")
+            else:
+                inputs.append(scope[nm])
+        outputs = []
+        for nm in np_.output:
+            vi = types.get(nm)
+            t = tensor_type_of(vi, f"output '{nm}' of node '{name}'") if vi is not None else None
+            outputs.append(Value(nm, t))
+            graph._names.add(nm)
+        node = Node(np_.op_type, inputs, outputs, _decode_attrs(np_, graph, scope), name=graph.unique_node_name(name),
+                    domain=np_.domain if np_.domain != "ai.onnx" else "")
+        graph.nodes.append(node)
+        for nm, v in zip(np_.output, outputs):
+            if nm:
+                scope[nm] = v
+    for vi in gp.output:
+        if vi.name not in scope:
+            raise ModelError(f"graph output '{vi.name}' is not produced by any node")
+        v = scope[vi.name]
+        if v.type is None:
+            v.type = tensor_type_of(vi, f"output '{vi.name}'")
+        graph.outputs.append(v)
+
+
+def _const_value(graph: Graph, name: str, arr: np.ndarray) -> Value:
+    graph._names.add(name)
+    return Value(name, TensorType.of(arr), const=arr)
+
+
+def _decode_attrs(np_: onnx.NodeProto, graph: Graph, scope: dict[str, Value]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for a in np_.attribute:
+        if a.ref_attr_name:
+            raise ModelError(f"node '{np_.name}': attribute references are only valid inside functions")
+        if a.type == AttributeProto.GRAPH:
+            attrs[a.name] = _subgraph(a.g, graph, scope)
+        elif a.type == AttributeProto.GRAPHS:
+            attrs[a.name] = [_subgraph(g, graph, scope) for g in a.graphs]
+        elif a.type == AttributeProto.TENSOR:
+            attrs[a.name] = numpy_helper.to_array(a.t)
+        elif a.type == AttributeProto.TENSORS:
+            attrs[a.name] = [numpy_helper.to_array(t) for t in a.tensors]
+        elif a.type == AttributeProto.STRING:
+            attrs[a.name] = a.s.decode("utf-8", errors="surrogateescape")
+        elif a.type == AttributeProto.STRINGS:
+            attrs[a.name] = [s.decode("utf-8", errors="surrogateescape") for s in a.strings]
+        elif a.type == AttributeProto.INTS:
+            attrs[a.name] = [int(x) for x in a.ints]
+        elif a.type == AttributeProto.FLOATS:
+            attrs[a.name] = [float(x) for x in a.floats]
+        else:
+            attrs[a.name] = helper.get_attribute_value(a)
+    return attrs
+
+
+def _subgraph(gp: onnx.GraphProto, parent: Graph, scope: dict[str, Value]) -> Graph:
+    sub = Graph(gp.name or "body", parent.opset, parent=parent)
+    _import_graph(gp, sub, scope)
+    return sub
+
+
+# ---- export ------------------------------------------------------------------------------------
+def value_info(v: Value) -> onnx.ValueInfoProto:
+    t = v.type
+    if t is None:
+        return helper.make_value_info(v.name, onnx.TypeProto())
+    shape = None if t.shape is None else [d if isinstance(d, int) else (None if d.startswith("?") else d) for d in t.shape]
+    return helper.make_tensor_value_info(v.name, onnx_elem_type(t.dtype), shape)
+
+
+def _tensor(arr: np.ndarray, name: str) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _encode_attr(node: Node, key: str, a: Any, opset: dict[str, int]) -> AttributeProto:
+    if isinstance(a, Graph):
+        return helper.make_attribute(key, graph_to_proto(a, opset))
+    if isinstance(a, np.ndarray):
+        return helper.make_attribute(key, _tensor(a, ""))
+    if isinstance(a, list) and not a:
+        return helper.make_attribute(key, [], attr_type=_schema_attr_type(node, key, opset))
+    if isinstance(a, list) and isinstance(a[0], Graph):
+        return helper.make_attribute(key, [graph_to_proto(g, opset) for g in a])
+    if isinstance(a, list) and isinstance(a[0], np.ndarray):
+        return helper.make_attribute(key, [_tensor(x, "") for x in a])
+    return helper.make_attribute(key, a)
+
+
+def _schema_attr_type(node: Node, key: str, opset: dict[str, int]) -> int:
+    try:
+        schema = onnx.defs.get_schema(node.op, opset.get(node.domain, 1), node.domain)
+        return int(schema.attributes[key].type)
+    except Exception:
+        return AttributeProto.INTS
+
+
+def node_to_proto(n: Node, opset: dict[str, int]) -> onnx.NodeProto:
+    proto = helper.make_node(
+        n.op, [v.name if v is not None else "" for v in n.inputs], [v.name for v in n.outputs],
+        name=n.name, domain=n.domain or None,
+    )
+    proto.attribute.extend(_encode_attr(n, k, a, opset) for k, a in n.attrs.items())
+    return proto
+
+
+def graph_to_proto(g: Graph, opset: dict[str, int] | None = None) -> onnx.GraphProto:
+    opset = opset or g.opset
+    outer = {id(v) for v in g.free_values()}
+    inits = [_tensor(v.const, v.name) for v in g.constants() if id(v) not in outer]
+    inner = [v for n in g.nodes for v in n.outputs if v not in g.outputs and v.type is not None]
+    return helper.make_graph(
+        [node_to_proto(n, opset) for n in g.nodes], g.name,
+        [value_info(v) for v in g.inputs], [value_info(v) for v in g.outputs],
+        initializer=inits, value_info=[value_info(v) for v in inner],
+    )
+
+
+def to_onnx(g: Graph, ir_version: int | None = None) -> onnx.ModelProto:
+    """The graph as an ONNX model; edlc.* ops keep their domain ('edlc')."""
+    opset = dict(g.opset)
+    for n in g.all_nodes():
+        if n.domain and n.domain not in opset:
+            opset[n.domain] = 1
+    model = helper.make_model(
+        graph_to_proto(g, opset),
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opset.items()],
+        producer_name="edlc",
+    )
+    model.ir_version = ir_version or min(model.ir_version, 10)
+    return model
+
+
+# ---- one-node inference and evaluation (default op rules) --------------------------------------
+def _one_node_model(node: Node, opset: dict[str, int], input_arrays: Sequence[np.ndarray | None] | None) -> onnx.ModelProto:
+    inputs, inits = [], []
+    seen: set[str] = set()
+    for i, v in enumerate(list(node.inputs) + node.captured_values()):
+        if v is None or v.name in seen:
+            continue
+        seen.add(v.name)
+        arr = input_arrays[i] if input_arrays is not None and i < len(node.inputs) else v.const
+        if arr is not None:
+            inits.append(_tensor(arr, v.name))
+        else:
+            inputs.append(value_info(v))
+    outs = [helper.make_value_info(v.name, onnx.TypeProto()) for v in node.outputs]
+    g = helper.make_graph([node_to_proto(node, opset)], "one", inputs, outs, initializer=inits)
+    ops = [helper.make_opsetid(d, v) for d, v in opset.items()]
+    model = helper.make_model(g, opset_imports=ops)
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def infer_node_types(node: Node, opset: dict[str, int]) -> list[TensorType]:
+    """Output types of one ONNX node, by ONNX's own shape inference (constants are passed as
+    initializers so data-dependent shapes such as Reshape's resolve)."""
+    model = _one_node_model(node, opset, None)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ShapeError(f"node '{node.name}' ({node.op}): {msg}") from e
+    found = {vi.name: vi for vi in list(inferred.graph.output) + list(inferred.graph.value_info)}
+    types = []
+    for v in node.outputs:
+        vi = found.get(v.name)
+        t = tensor_type_of(vi, f"output '{v.name}' of node '{node.name}'") if vi is not None else None
+        types.append(t if t is not None else v.type)
+    return types
+
+
+def evaluate_node(node: Node, inputs: Sequence[np.ndarray | None], opset: dict[str, int]) -> list[np.ndarray]:
+    """Run one ONNX node with ONNX's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = _one_node_model(node, opset, inputs)
+    outs = ReferenceEvaluator(model).run(None, {})
+    return [np.asarray(o) for o in outs]

@@ -1,0 +1,130 @@
+"""Passes and the PassManager.
+
+A pass is a function `Graph -> PassResult` registered by name:
+
+    @register_pass("eliminate-dead-code", "remove nodes whose outputs nobody reads")
+    def eliminate_dead_code(graph: Graph) -> PassResult: ...
+
+Passes work in place and say whether they changed the graph. The PassManager runs a pipeline
+(an opt level's default list, or an explicit one), optionally to a fixed point, times each
+pass, verifies the graph after each when asked, and can print the graph after a pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from edlc.errors import EdlcError
+from edlc.ir.graph import Graph
+
+
+@dataclass
+class PassResult:
+    graph: Graph
+    modified: bool
+
+
+PassFn = Callable[[Graph], PassResult]
+
+
+@dataclass
+class PassInfo:
+    name: str
+    fn: PassFn
+    description: str
+    min_opt_level: int  # in the default pipeline from this level on; 99 = only when asked
+
+
+_PASSES: dict[str, PassInfo] = {}
+# Order of the default pipeline; passes join it by registering with a min_opt_level.
+_DEFAULT_ORDER: list[str] = []
+
+
+def register_pass(name: str, description: str, min_opt_level: int = 99) -> Callable[[PassFn], PassFn]:
+    def deco(fn: PassFn) -> PassFn:
+        _PASSES[name] = PassInfo(name, fn, description, min_opt_level)
+        if name not in _DEFAULT_ORDER:
+            _DEFAULT_ORDER.append(name)
+        return fn
+
+    return deco
+
+
+def _ensure_passes() -> None:
+    import edlc.passes  # noqa: F401  registers the built-in passes
+
+
+def available_passes() -> dict[str, PassInfo]:
+    _ensure_passes()
+    return dict(sorted(_PASSES.items()))
+
+
+def get_pass(name: str) -> PassInfo:
+    _ensure_passes()
+    if name not in _PASSES:
+        raise EdlcError(f"unknown pass '{name}'; available: {', '.join(sorted(_PASSES))}")
+    return _PASSES[name]
+
+
+def default_pipeline(opt_level: int) -> list[str]:
+    if not 0 <= opt_level <= 3:
+        raise EdlcError(f"opt level must be 0..3, got {opt_level}")
+    _ensure_passes()
+    return [n for n in _DEFAULT_ORDER if _PASSES[n].min_opt_level <= opt_level]
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    modified: bool
+    nodes_before: int
+    nodes_after: int
+
+
+@dataclass
+class PassManager:
+    """Runs passes in order; `fixed_point` repeats the whole list until nothing changes."""
+
+    passes: Sequence[str]
+    verify_each: bool = False
+    print_after: Iterable[str] = ()
+    fixed_point: bool = False
+    max_iterations: int = 8
+    disabled: Iterable[str] = ()
+    printer: Callable[[str], None] = print
+    records: list[PassRecord] = field(default_factory=list)
+
+    @classmethod
+    def for_opt_level(cls, opt_level: int, **kwargs) -> PassManager:
+        return cls(default_pipeline(opt_level), **kwargs)
+
+    def run(self, graph: Graph) -> Graph:
+        disabled = set(self.disabled)
+        infos = [get_pass(n) for n in self.passes if n not in disabled]
+        print_after = set(self.print_after)
+        for _ in range(self.max_iterations if self.fixed_point else 1):
+            changed = False
+            for info in infos:
+                before = len(graph.nodes)
+                t0 = time.perf_counter()
+                result = info.fn(graph)
+                graph = result.graph
+                self.records.append(PassRecord(info.name, time.perf_counter() - t0, result.modified,
+                                               before, len(graph.nodes)))
+                changed |= result.modified
+                if self.verify_each:
+                    graph.verify()
+                if info.name in print_after or "all" in print_after:
+                    self.printer(f"// after {info.name}\n{graph}")
+            if not changed:
+                break
+        return graph
+
+    def timing_report(self) -> str:
+        lines = [f"{'pass':32} {'ms':>9} {'nodes':>13}  changed"]
+        for r in self.records:
+            lines.append(f"{r.name:32} {r.seconds * 1e3:9.2f} {r.nodes_before:6} -> {r.nodes_after:<5} {'yes' if r.modified else 'no'}")
+        return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Built models: run them, export them, load them back.
+
+A Module wraps what a target built (a TVM executable for the Relax VM) with the manifest that
+says what it takes and returns. `Module.run` checks inputs against the manifest so a wrong
+name, shape or dtype gets a clear error instead of a crash inside the VM.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edlc import artifact
+from edlc.errors import InputError, TargetError
+from edlc.ir.types import numpy_dtype
+from edlc.target import Target
+
+
+def _fmt(spec: Mapping[str, Any]) -> str:
+    return f"{spec['name']}: {spec['dtype']}[{', '.join(str(d) for d in spec['shape'])}]"
+
+
+def check_inputs(inputs: Mapping[str, Any], specs: list[dict[str, Any]]) -> list[np.ndarray]:
+    """Arrays in the model's input order, after checking names, dtypes and shapes."""
+    expected = "; ".join(_fmt(s) for s in specs)
+    if not isinstance(inputs, Mapping):
+        raise InputError(f"inputs must be a dict of name -> array; the model expects {expected}")
+    names = [s["name"] for s in specs]
+    unknown = sorted(set(inputs) - set(names))
+    missing = [n for n in names if n not in inputs]
+    if unknown or missing:
+        parts = ([f"unknown input(s) {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+        raise InputError(f"{', '.join(parts)}; the model expects {expected}")
+    arrays = []
+    bound: dict[str, int] = {}
+    for s in specs:
+        a = np.asarray(inputs[s["name"]])
+        want = numpy_dtype(s["dtype"])
+        if a.dtype != want:
+            raise InputError(f"input '{s['name']}': dtype {a.dtype}, expected {_fmt(s)}")
+        if a.ndim != len(s["shape"]):
+            raise InputError(f"input '{s['name']}': shape {list(a.shape)}, expected {_fmt(s)}")
+        for got, dim in zip(a.shape, s["shape"]):
+            if isinstance(dim, int) and got != dim or isinstance(dim, str) and bound.setdefault(dim, got) != got:
+                raise InputError(f"input '{s['name']}': shape {list(a.shape)}, expected {_fmt(s)}")
+        arrays.append(np.ascontiguousarray(a))
+    return arrays
+
+
+class Module:
+    """A compiled model. `run` takes and returns dicts keyed by the model's tensor names."""
+
+    def __init__(self, executable, manifest: dict[str, Any], params: dict[str, np.ndarray],
+                 directory: Path | None = None):
+        self.executable = executable
+        self.manifest = manifest
+        self.params = params
+        self.directory = directory
+        self.target = Target.from_json(manifest["target"])
+        self._vm = None
+        self._param_tensors: list | None = None
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    def _machine(self):
+        if self._vm is None:
+            import tvm
+            from tvm import relax
+
+            if self.target.runner != "local":
+                raise TargetError(f"target '{self.target.name}' runs with '{self.target.runner}', "
+                                  "which this edlc cannot start yet")
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+            self._param_tensors = [tvm.runtime.tensor(self.params[n]) for n in self.manifest["params"]]
+        return self._vm
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the built code on `inputs`; returns {output name: array}."""
+        import tvm
+
+        arrays = check_inputs(inputs, self.inputs)
+        vm = self._machine()
+        args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
+        result = vm["main"](*args)
+        flat = _flatten(result)
+        names = [o["name"] for o in self.outputs]
+        if len(flat) != len(names):
+            raise RuntimeError(f"the built model returned {len(flat)} outputs, expected {len(names)}")
+        return {n: a for n, a in zip(names, flat)}
+
+    def time(self, inputs: Mapping[str, Any], repeat: int = 10, warmup: int = 2) -> list[float]:
+        """Wall-clock seconds of `repeat` runs after `warmup` runs (inputs converted once)."""
+        import tvm
+
+        arrays = check_inputs(inputs, self.inputs)
+        vm = self._machine()
+        args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
+        times = []
+        for i in range(warmup + repeat):
+            t0 = time.perf_counter()
+            vm["main"](*args)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return times
+
+    def export(self, out: str | os.PathLike) -> Path:
+        """Write the artifact directory atomically; returns its path."""
+        with artifact.atomic_directory(out) as tmp:
+            self.executable.export_library(str(tmp / artifact.LIBRARY), **self._export_options())
+            artifact.write_params(tmp, {n: self.params[n] for n in self.manifest["params"]})
+            artifact.write_manifest(tmp, self.manifest)
+        self.directory = Path(out)
+        return self.directory
+
+    def _export_options(self) -> dict[str, Any]:
+        return {"cc": self.target.cc} if self.target.cc else {}
+
+    def __repr__(self) -> str:
+        ins = ", ".join(_fmt(s) for s in self.inputs)
+        return f"<edlc.Module {self.manifest['model']['name']} target={self.target.name} ({ins})>"
+
+
+def _flatten(result) -> list[np.ndarray]:
+    import tvm
+
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result.numpy()]
+    out: list[np.ndarray] = []
+    for r in result:
+        out.extend(_flatten(r))
+    return out
+
+
+def load(directory: str | os.PathLike) -> Module:
+    """Load an artifact directory written by `Module.export` or `edlc compile -o`."""
+    import tvm
+
+    d = Path(directory)
+    manifest, params = artifact.read_artifact(d)
+    lib = tvm.runtime.load_module(str(d / artifact.LIBRARY))
+    return Module(lib, manifest, params, directory=d)

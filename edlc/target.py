@@ -1,0 +1,79 @@
+"""Targets: what edlc builds for and how built code runs.
+
+A Target names a TVM target (dict form: TVM 0.27 rejects flag strings), a host, the compiler
+that links the shared library, the runner that executes built code, and its default tuning
+settings. Targets register by name (`x86`, `arm`, `cortex-m4`, ...) with a factory that takes
+options (`mcpu`, `mattr`) and returns a Target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edlc.errors import TargetError
+
+
+@dataclass
+class Target:
+    name: str
+    tvm: dict[str, Any]  # TVM target in dict form
+    host: dict[str, Any] | None = None
+    cc: str | None = None  # compiler/linker for the shared library; None = host default
+    runner: str = "local"  # local | qemu-aarch64 | qemu-system-arm | cuda
+    description: str = ""
+    features: dict[str, bool] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    def tvm_target(self):
+        import tvm
+
+        if self.host:
+            return tvm.target.Target(self.tvm, host=self.host)
+        return tvm.target.Target(self.tvm)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "tvm": self.tvm, "host": self.host, "cc": self.cc,
+                "runner": self.runner, "features": self.features}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Target:
+        return cls(d["name"], d["tvm"], d.get("host"), d.get("cc"), d.get("runner", "local"),
+                   features=d.get("features", {}))
+
+
+TargetFactory = Callable[..., Target]
+_TARGETS: dict[str, tuple[TargetFactory, str]] = {}
+
+
+def register_target(name: str, description: str) -> Callable[[TargetFactory], TargetFactory]:
+    def deco(factory: TargetFactory) -> TargetFactory:
+        _TARGETS[name] = (factory, description)
+        return factory
+
+    return deco
+
+
+def _ensure_targets() -> None:
+    import edlc.targets  # noqa: F401  registers the built-in targets
+
+
+def available_targets() -> dict[str, str]:
+    """Target name -> one-line description."""
+    _ensure_targets()
+    return {name: desc for name, (_, desc) in sorted(_TARGETS.items())}
+
+
+def get_target(target: str | Target, **options: Any) -> Target:
+    """Resolve a target name (with options such as mcpu, mattr) to a Target."""
+    if isinstance(target, Target):
+        return target
+    _ensure_targets()
+    if target not in _TARGETS:
+        raise TargetError(f"unknown target '{target}'; available: {', '.join(sorted(_TARGETS))}")
+    factory, _ = _TARGETS[target]
+    try:
+        return factory(**{k: v for k, v in options.items() if v is not None})
+    except TypeError as e:
+        raise TargetError(f"target '{target}': {e}") from e

@@ -1,0 +1,1 @@
+"""Test helpers: a code-built model zoo (no downloads) and random inputs for it."""

@@ -1,0 +1,1 @@
+"""ONNX backend node-test conformance suite for edlc."""
