@@ -14,5 +14,4 @@ from edlc.frontend.onnx import load_onnx
 from edlc.ir import Graph, Node, TensorType, Value
 from edlc.runtime import Module, load
 
-
 __all__ = ["EdlcError", "Graph", "Module", "Node", "TensorType", "Value", "compile", "load", "load_onnx"]

@@ -62,7 +62,11 @@ def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
-    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
+    from onnx.external_data_helper import (
+        _get_all_tensors,
+        load_external_data_for_tensor,
+        uses_external_data,
+    )
 
     for t in _get_all_tensors(model):
         if not uses_external_data(t):

@@ -1,0 +1,40 @@
+"""Shared test helpers: onnxruntime as the reference, tiny models in ONNX text syntax."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+
+
+def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of onnxruntime (the reference executor), keyed by output name."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, inputs)))
+
+
+def assert_matches_ort(module, model: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                       rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    got = module.run(inputs)
+    want = ort_run(model, inputs)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert got[name].dtype == want[name].dtype, name
+        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """A model from ONNX text syntax, checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

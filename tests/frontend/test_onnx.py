@@ -1,0 +1,107 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edlc
+from edlc.errors import ModelError, ShapeError
+from tests.conftest import ort_run, parse
+
+MLP = """
+<ir_version: 8, opset_import: ["" : 17]>
+mlp (float[N, 4] x) => (float[N, 3] y) {
+    w = Constant <value = float[4, 3] {1,2,3,4,5,6,7,8,9,10,11,12}> ()
+    m = MatMul(x, w)
+    shape = Shape(m)
+    y = Relu(m)
+}
+"""
+
+
+def test_import_binds_shapes_and_folds_constant_nodes():
+    g = edlc.load_onnx(parse(MLP), {"x": (2, 4)})
+    assert g.inputs[0].type.shape == (2, 4)
+    assert g.outputs[0].type.shape == (2, 3)
+    assert [n.op for n in g.nodes] == ["MatMul", "Shape", "Relu"]
+    assert g.nodes[0].inputs[1].is_constant
+    g.verify()
+
+
+def test_export_round_trip_runs_in_onnxruntime(rng):
+    model = parse(MLP)
+    g = edlc.load_onnx(model, {"x": (2, 4)})
+    exported = g.to_onnx()
+    onnx.checker.check_model(exported, full_check=True)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(exported, {"x": x})["y"], ort_run(model, {"x": x})["y"], rtol=1e-6)
+
+
+def test_symbolic_dims_stay_symbolic_without_binding():
+    g = edlc.load_onnx(parse(MLP))
+    assert g.inputs[0].type.shape == ("N", 4)
+
+
+def test_bad_bindings_are_named():
+    with pytest.raises(ShapeError, match="inputs are"):
+        edlc.load_onnx(parse(MLP), {"nope": (1, 4)})
+    with pytest.raises(ShapeError, match="rank 2"):
+        edlc.load_onnx(parse(MLP), {"x": (1, 2, 4)})
+    with pytest.raises(ShapeError, match="fixed dim 4"):
+        edlc.load_onnx(parse(MLP), {"x": (1, 5)})
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00not a model\xff" * 10)
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        edlc.load_onnx(bad)
+    with pytest.raises(ModelError, match="no such model file"):
+        edlc.load_onnx(tmp_path / "missing.onnx")
+
+
+def test_too_old_opset_is_refused():
+    m = parse(MLP.replace('"" : 17', '"" : 6').replace("Constant <value = float[4, 3] {1,2,3,4,5,6,7,8,9,10,11,12}> ()", "Identity(x)"))
+    with pytest.raises(ModelError, match="opset 6"):
+        edlc.load_onnx(m)
+
+
+def _external_model(tmp_path, location: str):
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", "0"), ("length", "48")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ext",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "model" / "m.onnx"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path):
+    path = _external_model(tmp_path, "weights.bin")
+    (path.parent / "weights.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    g = edlc.load_onnx(path)
+    np.testing.assert_array_equal(g.nodes[0].inputs[1].const.ravel(), np.arange(12))
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "link.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    (tmp_path / "secret.bin").write_bytes(b"\x00" * 48)
+    path = _external_model(tmp_path, location)
+    (path.parent / "link.bin").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        edlc.load_onnx(path)
+
+
+def test_dangling_input_is_reported():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    m = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "ghost"], ["y"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match="ghost"):
+        edlc.load_onnx(m)
