@@ -48,7 +48,7 @@ def check_inputs(inputs: Mapping[str, Any], specs: list[dict[str, Any]]) -> list
         for got, dim in zip(a.shape, s["shape"]):
             if isinstance(dim, int) and got != dim or isinstance(dim, str) and bound.setdefault(dim, got) != got:
                 raise InputError(f"input '{s['name']}': shape {list(a.shape)}, expected {_fmt(s)}")
-        arrays.append(np.ascontiguousarray(a))
+        arrays.append(np.require(a, requirements='C'))  # keeps 0-d arrays 0-d
     return arrays
 
 

@@ -18,7 +18,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from edlc.errors import ModelError, ShapeError
 from edlc.ir.graph import Graph, Node, Value
-from edlc.ir.types import TensorType, dtype_name, numpy_dtype
+from edlc.ir.types import DTYPES, TensorType, dtype_name, numpy_dtype
 
 MIN_OPSET = 7
 InputShapes = Mapping[str, Sequence[int]]
@@ -33,10 +33,13 @@ def onnx_dtype_name(elem_type: int) -> str:
     if elem_type == TensorProto.UINT4:
         return "uint4"
     try:
-        return dtype_name(helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, TypeError, ValueError) as e:
-        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
-        raise ModelError(f"unsupported tensor element type {name}") from e
+        name = dtype_name(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        name = None
+    if name not in DTYPES:
+        label = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
+        raise ModelError(f"unsupported tensor element type {label}")
+    return name
 
 
 def onnx_elem_type(name: str) -> int:

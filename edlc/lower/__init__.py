@@ -24,6 +24,10 @@ from edlc.ir.types import TensorType
 # Constants at most this many elements stay inline (shape-like values, scalars, small tables).
 INLINE_CONST_MAX = 64
 
+# Element types TVM 0.27 builds and runs (no sub-byte, float8 or string tensors).
+LOWERABLE_DTYPES = frozenset({"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+                              "float16", "bfloat16", "float32", "float64"})
+
 LoweringRule = Callable[["LowerContext", Node, list], object]
 
 
@@ -55,7 +59,11 @@ def unsupported_nodes(graph: Graph) -> list[tuple[str, str, str]]:
 
 
 def _ensure_rules() -> None:
-    import edlc.lower.rules  # noqa: F401  registers edlc's own rules
+    # importing registers edlc's own rules
+    import edlc.lower.attention  # noqa: F401
+    import edlc.lower.normalization  # noqa: F401
+    import edlc.lower.overrides  # noqa: F401
+    import edlc.lower.rules  # noqa: F401
 
 
 @dataclass
@@ -101,8 +109,8 @@ class LowerContext:
     def relax_type(self, t: TensorType):
         from tvm import relax, tirx
 
-        if t.dtype == "string":
-            raise LoweringError("string tensors cannot be lowered")
+        if t.dtype not in LOWERABLE_DTYPES:
+            raise LoweringError(f"tensors of type {t.dtype} cannot be lowered to TVM yet")
         if t.shape is None:
             return relax.TensorType(ndim=-1, dtype=t.dtype)
         dims = []
@@ -137,14 +145,14 @@ class LowerContext:
         from tvm import relax
 
         arr = v.const
-        if arr.dtype == object:
-            raise LoweringError(f"constant '{v.name}' holds strings, which cannot be lowered")
+        if v.type.dtype not in LOWERABLE_DTYPES:
+            raise LoweringError(f"constant '{v.name}' is of type {v.type.dtype}, which cannot be lowered to TVM yet")
         if arr.size <= INLINE_CONST_MAX:
-            return relax.const(tvm.runtime.tensor(np.ascontiguousarray(arr)))
+            return relax.const(tvm.runtime.tensor(np.require(arr, requirements="C")))
         var = relax.Var(self.fresh(v.name), self.relax_type(v.type))
         self.param_vars.append(var)
         self.params[var.name] = arr
-        self.tvm_params[var.name] = (var, tvm.runtime.tensor(np.ascontiguousarray(arr)))
+        self.tvm_params[var.name] = (var, tvm.runtime.tensor(np.require(arr, requirements="C")))
         return var
 
     def bind(self, v: Value, e) -> None:
@@ -168,7 +176,7 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
     except Exception as e:  # a converter rejected this node
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoweringError(f"node '{node.name}' ({node.qualified_op}): cannot lower: {msg[:300]}") from e
-    if isinstance(result, relax.Expr) and isinstance(result.ty, relax.TupleType) and len(node.outputs) > 1:
+    if isinstance(result, relax.Expr) and not isinstance(result, relax.Tuple) and isinstance(result.ty, relax.TupleType):
         result = [ctx.emit(relax.TupleGetItem(result, i)) for i in range(len(result.ty.fields))]
     elif isinstance(result, relax.Tuple):
         result = list(result.fields)
@@ -177,6 +185,9 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
         raise LoweringError(f"node '{node.name}' ({node.op}): lowering gave {len(results)} outputs, "
                             f"the graph expects {len(node.outputs)}")
     for v, e in zip(node.outputs, results):
+        if v.type is not None and v.type.dtype not in LOWERABLE_DTYPES:
+            raise LoweringError(f"node '{node.name}' ({node.op}): output '{v.name}' is of type "
+                                f"{v.type.dtype}, which edlc cannot lower to TVM yet")
         ctx.bind(v, _conform(ctx, node, v, e))
 
 

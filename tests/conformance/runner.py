@@ -98,6 +98,18 @@ def _indexed(data_dir: Path, prefix: str) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
 
 
+_SUB_BYTE = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+
+
+def _is_ml(dtype: np.dtype) -> bool:
+    """bfloat16, float8, int4, ...: ml_dtypes types, which ORT's numpy bridge does not take."""
+    return dtype.type.__module__ == "ml_dtypes"
+
+
+def _width(dtype: np.dtype) -> int:
+    return _SUB_BYTE.get(dtype.name, 8 * dtype.itemsize)
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
@@ -134,18 +146,6 @@ def _run_edlc(model_path: Path, inputs: dict[str, np.ndarray]) -> tuple[dict[str
         graph.freeze_input(name, inputs[name])
     module = edlc.compile(graph, target="x86")
     return module.run({n: a for n, a in inputs.items() if n not in frozen}), frozen
-
-
-_SUB_BYTE = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
-
-
-def _is_ml(dtype: np.dtype) -> bool:
-    """bfloat16, float8, int4, ...: ml_dtypes types, which ORT's numpy bridge does not take."""
-    return dtype.type.__module__ == "ml_dtypes"
-
-
-def _width(dtype: np.dtype) -> int:
-    return _SUB_BYTE.get(dtype.name, 8 * dtype.itemsize)
 
 
 def _ort_input(ort: Any, array: np.ndarray) -> Any:
@@ -229,7 +229,7 @@ def run_case(case_dir: Path | str, backend: str = "edlc") -> CaseResult:
                 reason = (
                     compare(name, want, outputs[name])
                     if name in outputs
-                    else (f"output '{name}' missing (got {sorted(outputs)})")
+                    else f"output '{name}' missing (got {sorted(outputs)})"
                 )
                 if reason:
                     result.status, result.error, result.message = "fail", "mismatch", reason

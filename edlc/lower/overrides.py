@@ -1,0 +1,100 @@
+"""ONNX ops where TVM's converter computes a wrong answer: edlc's own rule, or a refusal of the
+attribute values TVM ignores. A clear error beats a silently wrong result.
+
+Found by the conformance suite (tests/conformance): Tile is miscompiled on AVX-512 targets,
+IsInf ignores detect_positive/negative, SpaceToDepth ignores its mode, and BatchNormalization
+and Dropout in training mode and antialiased Resize are computed as something else.
+"""
+
+from __future__ import annotations
+
+from edlc.lower import LowerContext, register_lowering
+from edlc.lower.tvm_onnx import tvm_converter_rule
+
+
+def _static_shape(v) -> list[int]:
+    if v is None or v.type is None or not v.type.is_static:
+        raise ValueError(f"needs a static shape for '{getattr(v, 'name', '?')}'; bind input shapes")
+    return list(v.type.shape)
+
+
+def _const_ints(v, what: str) -> list[int]:
+    if v is None or not v.is_constant:
+        raise ValueError(f"'{what}' must be a constant")
+    return [int(x) for x in v.const.reshape(-1)]
+
+
+@register_lowering("Tile")
+def tile(ctx: LowerContext, node, inputs):
+    """out = x repeated: reshape to (1, d0, 1, d1, ...), broadcast to (r0, d0, r1, d1, ...),
+    merge pairs. Pure data movement, no index arithmetic for LLVM to vectorize wrongly."""
+    from tvm import relax
+
+    shape = _static_shape(node.inputs[0])
+    repeats = _const_ints(node.inputs[1], "repeats")
+    interleaved = [d for s in shape for d in (1, s)]
+    target = [d for r, s in zip(repeats, shape) for d in (r, s)]
+    x = ctx.emit(relax.op.reshape(inputs[0], interleaved))
+    x = ctx.emit(relax.op.broadcast_to(x, target))
+    return ctx.emit(relax.op.reshape(x, [r * s for r, s in zip(repeats, shape)]))
+
+
+@register_lowering("IsInf")
+def is_inf(ctx: LowerContext, node, inputs):
+    from tvm import relax
+
+    x = inputs[0]
+    pos, neg = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+    inf = relax.op.isinf(x)
+    zero = relax.const(0, x.ty.dtype)
+    if pos and neg:
+        return ctx.emit(inf)
+    if not pos and not neg:
+        return ctx.emit(relax.op.zeros_like(inf))
+    side = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
+    return ctx.emit(relax.op.logical_and(inf, side))
+
+
+@register_lowering("SpaceToDepth")
+def space_to_depth(ctx: LowerContext, node, inputs):
+    from tvm import relax
+
+    n, c, h, w = _static_shape(node.inputs[0])
+    b = int(node.attrs["blocksize"])
+    mode = node.attrs.get("mode", "DCR")
+    x = ctx.emit(relax.op.reshape(inputs[0], [n, c, h // b, b, w // b, b]))
+    perm = [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4]
+    x = ctx.emit(relax.op.permute_dims(x, perm))
+    return ctx.emit(relax.op.reshape(x, [n, c * b * b, h // b, w // b]))
+
+
+def _guarded(op: str, check):
+    """TVM's converter, after `check(node)` has refused what it would get wrong."""
+    convert = tvm_converter_rule(op)
+
+    def rule(ctx: LowerContext, node, inputs):
+        check(node)
+        return convert(ctx, node, inputs)
+
+    register_lowering(op)(rule)
+
+
+def _no_training_batchnorm(node) -> None:
+    if node.attrs.get("training_mode", 0):
+        raise ValueError("training_mode=1 (batch statistics) is not supported; export the model for inference")
+
+
+def _no_training_dropout(node) -> None:
+    mode = node.inputs[2] if len(node.inputs) > 2 else None
+    if mode is not None and (not mode.is_constant or bool(mode.const.reshape(-1)[0])):
+        raise ValueError("training_mode (random dropout) is not supported; export the model for inference")
+
+
+def _no_antialias(node) -> None:
+    if node.attrs.get("antialias", 0):
+        raise ValueError("antialias=1 is not supported")
+
+
+_guarded("BatchNormalization", _no_training_batchnorm)
+_guarded("Dropout", _no_training_dropout)
+_guarded("Resize", _no_antialias)

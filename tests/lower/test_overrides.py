@@ -1,0 +1,63 @@
+"""Ops where TVM's converter is wrong: edlc's rules match onnxruntime, or refuse clearly."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import edlc
+from edlc.errors import LoweringError
+from tests.conftest import assert_matches_ort
+
+
+def one_node(op, inputs, outputs, inits=(), **attrs):
+    node = helper.make_node(op, [i.name for i in inputs] + [t.name for t in inits], [o.name for o in outputs], **attrs)
+    g = helper.make_graph([node], op.lower(), list(inputs), list(outputs), list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def vi(name, shape, t=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def test_tile_large_matches_onnxruntime(rng):
+    reps = helper.make_tensor("r", TensorProto.INT64, [3], [2, 3, 5])
+    model = one_node("Tile", [vi("x", [4, 7, 16])], [vi("y", [8, 21, 80])], [reps])
+    x = rng.standard_normal((4, 7, 16)).astype(np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pos,neg", [(1, 1), (1, 0), (0, 1)])
+def test_isinf_flags(pos, neg):
+    model = one_node("IsInf", [vi("x", [6])], [vi("y", [6], TensorProto.BOOL)],
+                     detect_positive=pos, detect_negative=neg)
+    x = np.array([-np.inf, -1.0, 0.0, np.nan, np.inf, 2.0], np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x})
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_space_round_trip(rng, mode):
+    model = one_node("DepthToSpace", [vi("x", [1, 8, 3, 2])], [vi("y", [1, 2, 6, 4])], blocksize=2, mode=mode)
+    x = rng.standard_normal((1, 8, 3, 2)).astype(np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=0, atol=0)
+    s2d = one_node("SpaceToDepth", [vi("x", [1, 2, 6, 4])], [vi("y", [1, 8, 3, 2])], blocksize=2)
+    y = rng.standard_normal((1, 2, 6, 4)).astype(np.float32)
+    assert_matches_ort(edlc.compile(s2d), s2d, {"x": y}, rtol=0, atol=0)
+
+
+def test_training_mode_batchnorm_is_refused():
+    params = [helper.make_tensor(n, TensorProto.FLOAT, [2], [1.0, 1.0]) for n in ("s", "b", "m", "v")]
+    model = one_node("BatchNormalization", [vi("x", [2, 2, 3])], [vi("y", [2, 2, 3])], params, training_mode=1)
+    model.opset_import[0].version = 15
+    with pytest.raises(LoweringError, match="training_mode"):
+        edlc.compile(model)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_norm_all_outputs(rng, with_bias):
+    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [8], rng.standard_normal(8).tolist())]
+    if with_bias:
+        inits.append(helper.make_tensor("bias", TensorProto.FLOAT, [8], rng.standard_normal(8).tolist()))
+    model = one_node("LayerNormalization", [vi("x", [2, 3, 8])],
+                     [vi("y", [2, 3, 8]), vi("mean", [2, 3, 1]), vi("inv", [2, 3, 1])], inits, epsilon=1e-3)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=1e-5, atol=1e-5)
