@@ -53,6 +53,9 @@ def _shapes(bindings: Sequence[str] | None) -> dict[str, tuple[int, ...]] | None
 def cmd_compile(args: argparse.Namespace) -> int:
     import edlc
 
+    if args.aot:
+        raise UsageError(f"--aot builds firmware for microcontroller targets; target '{args.target}' "
+                         "has no firmware form in this version of edlc")
     t0 = time.perf_counter()
     _progress(f"compiling {args.model} for {args.target} at -O{args.opt_level}")
     module = edlc.compile(
@@ -60,7 +63,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         passes=args.passes.split(",") if args.passes else None,
         disabled_passes=args.disable_pass or (), verify_each=args.verify_each,
         print_after=args.print_ir_after or (),
-        target_options={"mcpu": args.mcpu, "mattr": args.mattr},
+        target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
+        records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
     )
     out = module.export(args.output)
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
@@ -146,6 +150,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Run the pass pipeline and write the graph back as ONNX (standard ops where possible)."""
+    import onnx
+
+    from edlc.artifact import atomic_file
+    from edlc.driver import import_model, optimize
+
+    graph = import_model(args.model, _shapes(args.input_shape))
+    before = len(graph.nodes)
+    graph, pm = optimize(graph, args.opt_level, args.passes.split(",") if args.passes else None,
+                         args.disable_pass or ())
+    with atomic_file(args.output) as tmp:
+        onnx.save(graph.to_onnx(), tmp)
+    if args.time_passes:
+        print(pm.timing_report())
+    print(f"optimized {args.model} -> {args.output}: {before} -> {len(graph.nodes)} nodes")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from edlc.target import available_targets
 
@@ -185,10 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--disable-pass", action="append", metavar="NAME")
     ps.add_argument("--verify-each", action="store_true", help="verify the graph after every pass")
     ps.add_argument("--print-ir-after", action="append", metavar="PASS|all")
+    q = c.add_argument_group("compression")
+    q.add_argument("--quantize", choices=["int8", "fp16", "bf16"])
+    q.add_argument("--calib", metavar="DATA.npz", help="calibration inputs for --quantize int8")
+    q.add_argument("--sparsity", metavar="SPEC", help="channel:0.5 | block:4x4:0.9 | 2:4")
+    tu = c.add_argument_group("tuning")
+    tu.add_argument("--records", metavar="DIR", help="apply tuning records from `edlc tune`")
     bd = c.add_argument_group("build")
     bd.add_argument("--target", default="x86", help="target name (see `edlc targets`)")
     bd.add_argument("--mcpu", help="CPU model for the target (LLVM name)")
     bd.add_argument("--mattr", help="comma-separated target features, e.g. +avx512f")
+    bd.add_argument("--arch", help="GPU architecture for --target cuda, e.g. sm_90")
+    bd.add_argument("--aot", action="store_true", help="write a firmware project (microcontroller targets)")
     bd.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.set_defaults(fn=cmd_compile)
 
@@ -205,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
     i.add_argument("--print-ir", action="store_true", help="print the graph in edlc's text form")
     i.set_defaults(fn=cmd_inspect)
+
+    o = sub.add_parser("optimize", help="run graph passes and write the result as ONNX")
+    o.add_argument("model")
+    o.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
+    o.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4))
+    o.add_argument("--passes", help="explicit comma-separated pass list")
+    o.add_argument("--disable-pass", action="append", metavar="NAME")
+    o.add_argument("--time-passes", action="store_true")
+    o.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    o.set_defaults(fn=cmd_optimize)
 
     sub.add_parser("targets", help="list targets").set_defaults(fn=cmd_targets)
     sub.add_parser("passes", help="list graph passes").set_defaults(fn=cmd_passes)

@@ -8,6 +8,7 @@ options (`mcpu`, `mattr`) and returns a Target.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +74,10 @@ def get_target(target: str | Target, **options: Any) -> Target:
     if target not in _TARGETS:
         raise TargetError(f"unknown target '{target}'; available: {', '.join(sorted(_TARGETS))}")
     factory, _ = _TARGETS[target]
-    try:
-        return factory(**{k: v for k, v in options.items() if v is not None})
-    except TypeError as e:
-        raise TargetError(f"target '{target}': {e}") from e
+    given = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise TargetError(f"target '{target}' does not take option(s) {', '.join(unknown)}; "
+                          f"it takes {', '.join(accepted) or 'none'}")
+    return factory(**given)

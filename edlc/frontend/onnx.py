@@ -177,7 +177,6 @@ def import_model(proto: onnx.ModelProto) -> Graph:
     opset = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
     graph = Graph(proto.graph.name or "main", opset)
     _import_graph(proto.graph, graph, {})
-    graph.meta_doc = proto.doc_string  # type: ignore[attr-defined]
     return graph
 
 

@@ -14,7 +14,7 @@ old and new values' use lists, so no pass maintains them by hand.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -367,7 +367,3 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
-
-
-def as_values(xs: Iterable[Value | None]) -> list[Value]:
-    return [x for x in xs if x is not None]

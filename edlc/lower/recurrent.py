@@ -286,7 +286,7 @@ def _run_direction(layer: _Layer, dr: _Direction, masks: Sequence[relax.Expr | N
             state, ys[t] = new, new[0]
             continue
         state = [layer.emit(relax.op.where(m, n, s)) for n, s in zip(new, state)]
-        ys[t] = new[0]
+        ys[t] = layer.emit(relax.op.where(m, new[0], layer.const(0)))
     return ys, state
 
 

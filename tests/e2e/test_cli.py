@@ -90,3 +90,23 @@ def test_refuses_to_overwrite_a_foreign_directory(small_resnet, tmp_path):
 def test_targets_and_passes_list(capsys):
     assert main(["targets"]) == 0 and "x86" in capsys.readouterr().out
     assert main(["passes"]) == 0 and "fold-constants" in capsys.readouterr().out
+
+
+def test_optimize_writes_onnx_that_onnxruntime_runs(small_resnet, tmp_path, capsys):
+    out = tmp_path / "opt.onnx"
+    assert main(["optimize", str(small_resnet), "--input-shape", "input=1x3x32x32", "-o", str(out),
+                 "--time-passes"]) == 0
+    assert "fold-constants" in capsys.readouterr().out
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(onnx.load(out), {"input": x})["logits"],
+                               ort_run(onnx.load(small_resnet), {"input": x})["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_later_stage_options_are_refused_clearly(small_resnet, tmp_path, capsys):
+    base = ["compile", str(small_resnet), "-o", str(tmp_path / "o")]
+    assert main([*base, "--quantize", "int8"]) == 2
+    assert main([*base, "--aot"]) == 2
+    assert main([*base, "--arch", "sm_90"]) == 2
+    err = capsys.readouterr().err
+    assert "'quantize' is not available" in err and "--aot" in err and "does not take option(s) arch" in err
+    assert not (tmp_path / "o").exists()
