@@ -194,9 +194,13 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
 def _conform(ctx: LowerContext, node: Node, v: Value, e):
     """Check a lowered value against the IR type: cast a differing dtype (ONNX decides the
     dtype), match a symbolic result shape to a static expected one, reject a static mismatch."""
+    import tvm
     from tvm import relax
 
     e = ctx.bb.normalize(e)
+    if not isinstance(e, (relax.Var, tvm.ir.expr.Constant)):
+        # bind it here: a value first read inside an If branch must not be scoped to it
+        e = ctx.emit(e)
     t = v.type
     ty = e.ty
     if t is None or not isinstance(ty, relax.TensorType):

@@ -91,12 +91,27 @@ def _stack(ctx: LowerContext, vals: list[relax.Expr], axis: int = 0) -> relax.Ex
 
 
 # ---- If ----------------------------------------------------------------------------------------
+def _is_leaf(e: relax.Expr) -> bool:
+    return isinstance(e, (relax.Var, tvm.ir.GenericConst))
+
+
+def _bind_outer_values(ctx: LowerContext, g: Graph) -> None:
+    """Emit the outer values a branch reads that are still unbound expressions (rules may
+    return calls that are emitted on first use): emitted first inside the branch, they would
+    be computed there and be out of scope everywhere else."""
+    for v in g.free_values():
+        e = ctx.env.get(id(v))
+        if e is not None and not _is_leaf(e):
+            ctx.bind(v, ctx.emit(e))
+
+
 def _branch(ctx: LowerContext, g: Graph) -> relax.SeqExpr:
     """A branch as a SeqExpr of its own block, so it runs only when taken."""
+    _bind_outer_values(ctx, g)
     ctx.bb.begin_scope()
     ctx.bb._begin_binding_block()
     try:
-        outs = _lower_body(ctx, g, [])
+        outs = [e if _is_leaf(e) else ctx.emit(e) for e in _lower_body(ctx, g, [])]
     finally:
         block = ctx.bb._end_block()
         ctx.bb.end_scope()

@@ -128,7 +128,8 @@ def _pick(ctx: LowerContext, x: relax.Expr, d: int) -> relax.Expr:
 def _clip(x: relax.Expr, clip: float | None, dtype: str) -> relax.Expr:
     if clip is None:
         return x
-    return relax.op.maximum(relax.op.minimum(x, relax.const(clip, dtype)), relax.const(-clip, dtype))
+    lo, hi = relax.const(-clip, dtype), relax.const(clip, dtype)
+    return relax.op.maximum(relax.op.minimum(x, hi), lo)
 
 
 # ---- the layer ----------------------------------------------------------------------------------
@@ -137,8 +138,9 @@ class _Direction:
     """One direction's weights, with the input projection of every time step precomputed."""
 
     xw: list[relax.Expr]  # per time step: X_t·Wᵀ + biases, [batch, gates*hidden]
-    r_t: relax.Expr  # Rᵀ, [hidden, gates*hidden]
-    rb_h: relax.Expr | None  # GRU: Rbh, kept out of the projection (it sits inside r ⊙ (...))
+    r_t: relax.Expr  # Rᵀ, [hidden, gates*hidden] (GRU: the z and r gates only)
+    r_h: relax.Expr | None  # GRU: Rhᵀ, used on r ⊙ H (or with r applied after it)
+    rb_h: relax.Expr | None  # GRU: Rbh, kept out of the projection for the same reason
     peep: list[relax.Expr] | None  # LSTM: P split into (i, o, f)
     init: list[relax.Expr]  # H0 (and C0), [batch, hidden]
     acts: list[Act]
@@ -169,7 +171,8 @@ class _Layer:
         return self.emit(f(_clip(x, self.clip, self.dtype)))
 
 
-def _bias_parts(layer: _Layer, b: relax.Expr | None, d: int) -> tuple[relax.Expr | None, relax.Expr | None]:
+def _bias_parts(layer: _Layer, b: relax.Expr | None, d: int
+                ) -> tuple[relax.Expr | None, relax.Expr | None]:
     """(bias added to the input projection, GRU's Rbh) for direction d."""
     if b is None:
         return None, None
@@ -178,7 +181,7 @@ def _bias_parts(layer: _Layer, b: relax.Expr | None, d: int) -> tuple[relax.Expr
     if layer.node.op != "GRU":
         return layer.emit(relax.op.add(wb, rb)), None
     rb_zr, rb_h = _split(layer.ctx, rb, [gh - layer.hidden], axis=0)
-    zeros_h = relax.const(np.zeros(layer.hidden, layer.dtype))
+    zeros_h = relax.op.zeros(relax.ShapeExpr([layer.hidden]), layer.dtype)
     return layer.emit(relax.op.add(wb, relax.op.concat([rb_zr, zeros_h], axis=0))), rb_h
 
 
@@ -188,6 +191,9 @@ def _direction(layer: _Layer, x: relax.Expr, inputs: list, d: int, acts: list[Ac
     w, r, b = inputs[1], inputs[2], inputs[3] if len(inputs) > 3 else None
     w_t = ctx.emit(relax.op.permute_dims(_pick(ctx, w, d), [1, 0]))
     r_t = ctx.emit(relax.op.permute_dims(_pick(ctx, r, d), [1, 0]))
+    r_h = None
+    if layer.node.op == "GRU":
+        r_t, r_h = _split(ctx, r_t, [2 * layer.hidden], axis=1)
     bias, rb_h = _bias_parts(layer, b, d)
     proj = relax.op.matmul(x, w_t)
     proj = ctx.emit(relax.op.add(proj, bias) if bias is not None else proj)
@@ -198,10 +204,10 @@ def _direction(layer: _Layer, x: relax.Expr, inputs: list, d: int, acts: list[Ac
         init.append(_pick(ctx, given, d) if given is not None else layer.zeros())
     p = inputs[7] if len(inputs) > 7 else None
     peep = _split(ctx, _pick(ctx, p, d), 3, axis=0) if p is not None else None
-    return _Direction(xw, r_t, rb_h, peep, init, acts, reverse)
+    return _Direction(xw, r_t, r_h, rb_h, peep, init, acts, reverse)
 
 
-# ---- cells: one time step, (x·Wᵀ + b, state) -> new state ----------------------------------------
+# ---- cells: one time step, (x·Wᵀ + b, state) -> new state --------------------------------------
 def _rnn_cell(layer: _Layer, dr: _Direction, xw: relax.Expr, state: list) -> list:
     (h,) = state
     g = relax.op.add(xw, relax.op.matmul(h, dr.r_t))
@@ -214,17 +220,17 @@ def _gru_cell(layer: _Layer, dr: _Direction, xw: relax.Expr, state: list) -> lis
     op, hid = relax.op, layer.hidden
     f, g = dr.acts
     xw_zr, xw_h = _split(layer.ctx, xw, [2 * hid], axis=1)
-    r_zr, r_h = _split(layer.ctx, dr.r_t, [2 * hid], axis=1)
-    z, r = _split(layer.ctx, layer.emit(op.add(xw_zr, op.matmul(h, r_zr))), 2, axis=1)
+    z, r = _split(layer.ctx, layer.emit(op.add(xw_zr, op.matmul(h, dr.r_t))), 2, axis=1)
     z, r = layer.act(f, z), layer.act(f, r)
     rb = dr.rb_h if dr.rb_h is not None else layer.const(0)
     if layer.node.attrs.get("linear_before_reset", 0):
-        rec = op.multiply(r, op.add(op.matmul(h, r_h), rb))
+        rec = op.multiply(r, op.add(op.matmul(h, dr.r_h), rb))
     else:
-        rec = op.add(op.matmul(layer.emit(op.multiply(r, h)), r_h), rb)
+        rec = op.add(op.matmul(layer.emit(op.multiply(r, h)), dr.r_h), rb)
     cand = layer.act(g, op.add(xw_h, rec))
     # H = (1 - z) * cand + z * h
-    return [layer.emit(op.add(op.multiply(op.subtract(layer.const(1), z), cand), op.multiply(z, h)))]
+    keep = op.multiply(z, h)
+    return [layer.emit(op.add(op.multiply(op.subtract(layer.const(1), z), cand), keep))]
 
 
 def _lstm_cell(layer: _Layer, dr: _Direction, xw: relax.Expr, state: list) -> list:
@@ -235,7 +241,7 @@ def _lstm_cell(layer: _Layer, dr: _Direction, xw: relax.Expr, state: list) -> li
     gates = layer.emit(op.add(xw, op.matmul(h, dr.r_t)))
     i, o, fg, cc = _split(layer.ctx, gates, 4, axis=1)
     if dr.peep is not None:
-        p_i, p_o, p_f = dr.peep
+        p_i, _, p_f = dr.peep
         i, fg = op.add(i, op.multiply(p_i, c)), op.add(fg, op.multiply(p_f, c))
     i = layer.act(f, i)
     if layer.node.attrs.get("input_forget", 0):
@@ -267,9 +273,8 @@ def _step_masks(layer: _Layer, lens_value, lens: relax.Expr | None) -> list[rela
             masks.append(None if m.all() else relax.const(m.reshape(-1, 1)))
         return masks
     lens = layer.emit(relax.op.expand_dims(lens, axis=1))
-    return [
-        layer.emit(relax.op.less(relax.const(t, str(lens.ty.dtype)), lens)) for t in range(layer.seq)
-    ]
+    dtype = str(lens.ty.dtype)
+    return [layer.emit(relax.op.less(relax.const(t, dtype), lens)) for t in range(layer.seq)]
 
 
 def _run_direction(layer: _Layer, dr: _Direction, masks: Sequence[relax.Expr | None]
@@ -315,7 +320,8 @@ def _lower_recurrent(ctx: LowerContext, node: Node, inputs: list) -> list[relax.
     hidden = int(node.attrs.get("hidden_size") or _dims(inputs[2])[-1])
     dtype = str(x.ty.dtype)
     clip = node.attrs.get("clip")
-    layer = _Layer(ctx, node, kind, hidden, seq, batch, dtype, None if clip is None else float(clip))
+    clip = None if clip is None else float(clip)
+    layer = _Layer(ctx, node, kind, hidden, seq, batch, dtype, clip)
     acts = _activations(node, kind, num_dir, dtype)
     lens_value = node.inputs[4] if len(node.inputs) > 4 else None
     masks = _step_masks(layer, lens_value, inputs[4] if len(inputs) > 4 else None)
