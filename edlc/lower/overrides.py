@@ -98,3 +98,23 @@ def _no_antialias(node) -> None:
 _guarded("BatchNormalization", _no_training_batchnorm)
 _guarded("Dropout", _no_training_dropout)
 _guarded("Resize", _no_antialias)
+
+
+def _axes_as_vector(op: str) -> None:
+    """TVM's converter iterates `axes`; ONNX also allows it as a 0-d constant."""
+    convert = tvm_converter_rule(op)
+
+    def rule(ctx: LowerContext, node, inputs):
+        import tvm
+        from tvm import relax
+
+        axes = node.inputs[1] if len(node.inputs) > 1 else None
+        if axes is not None and axes.is_constant and axes.const.ndim == 0:
+            inputs = [inputs[0], relax.const(tvm.runtime.tensor(axes.const.reshape(1)))] + inputs[2:]
+        return convert(ctx, node, inputs)
+
+    register_lowering(op)(rule)
+
+
+_axes_as_vector("Unsqueeze")
+_axes_as_vector("Squeeze")

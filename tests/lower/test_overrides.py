@@ -61,3 +61,10 @@ def test_layer_norm_all_outputs(rng, with_bias):
                      [vi("y", [2, 3, 8]), vi("mean", [2, 3, 1]), vi("inv", [2, 3, 1])], inits, epsilon=1e-3)
     x = rng.standard_normal((2, 3, 8)).astype(np.float32)
     assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=1e-5, atol=1e-5)
+
+
+def test_unsqueeze_scalar_axes(rng):
+    axes = helper.make_tensor("axes", TensorProto.INT64, [], [1])
+    model = one_node("Unsqueeze", [vi("x", [3, 4])], [vi("y", [3, 1, 4])], [axes])
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=0, atol=0)
