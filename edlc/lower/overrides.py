@@ -118,3 +118,19 @@ def _axes_as_vector(op: str) -> None:
 
 _axes_as_vector("Unsqueeze")
 _axes_as_vector("Squeeze")
+
+
+def _no_empty_reduction(node) -> None:
+    shape = node.inputs[0].type.shape if node.inputs[0].type is not None else None
+    if shape is not None and 0 in shape:
+        raise ValueError(f"reducing an empty tensor {list(shape)} is not supported (TVM gives a wrong identity)")
+
+
+def _no_max_roialign(node) -> None:
+    if node.attrs.get("mode", "avg") == "max":
+        raise ValueError("mode='max' is not supported (TVM's max pooling differs from ONNX's)")
+
+
+for _op in ("ReduceMax", "ReduceMin"):
+    _guarded(_op, _no_empty_reduction)
+_guarded("RoiAlign", _no_max_roialign)
