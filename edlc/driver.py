@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 import edlc
-from edlc.errors import EdlcError, ModelError, ShapeError, UnsupportedOpError
+from edlc.errors import EdlcError, LoweringError, ModelError, ShapeError, UnsupportedOpError
 from edlc.frontend.onnx import load_model_proto, load_onnx
 from edlc.ir.graph import Graph
 from edlc.ir.types import TensorType
@@ -90,8 +90,6 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2):
     """Compile a lowered model with TVM for the target; returns the TVM executable."""
     import tvm
 
-    from edlc.errors import LoweringError
-
     try:
         with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
             return tvm.compile(lowered.mod, target=target.tvm_target())
@@ -135,8 +133,14 @@ def compile(
     if unsupported:
         raise UnsupportedOpError(unsupported)
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after)
-    lowered = lower(graph)
-    executable = build(lowered, tgt, opt_level)
+    try:
+        lowered = lower(graph)
+        executable = build(lowered, tgt, opt_level)
+    except LoweringError as e:
+        hint = _binding_hint(graph)
+        if hint:
+            raise LoweringError(f"{e}; {hint}") from e
+        raise
     manifest = {
         "format": 1,
         "edlc_version": edlc.__version__,
@@ -151,6 +155,17 @@ def compile(
         "files": ["model.so", "params.npz"],
     }
     return Module(executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()})
+
+
+def _binding_hint(graph: Graph) -> str:
+    """How to bind the symbolic input dims, if any are left (the usual cause of lowering
+    failures in exported models)."""
+    symbolic = [v for v in graph.inputs if v.type is not None and not v.type.is_static]
+    if not symbolic:
+        return ""
+    example = " ".join(f"--input-shape {v.name}={'x'.join(str(d) if isinstance(d, int) else '1' for d in v.type.shape or ())}"
+                       for v in symbolic)
+    return f"the model has symbolic input dims: bind them, e.g. {example}"
 
 
 def _tvm_version() -> str:
