@@ -101,7 +101,7 @@ def _pad_mask(ctx: LowerContext, mask, kv_len: int):
         return mask
     dtype = mask.ty.dtype
     fill = _const(False, "bool") if dtype == "bool" else _const(float("-inf"), dtype)
-    filler = relax.op.full((*shape[:-1], pad), fill, dtype)
+    filler = relax.op.broadcast_to(fill, (*shape[:-1], pad))  # (op.full fails to legalize)
     return ctx.emit(relax.op.concat([mask, filler], axis=-1))
 
 
@@ -147,23 +147,54 @@ def _attention_bias(ctx: LowerContext, node, mask, nonpad, q_len: int, kv_len: i
     return ctx.emit(relax.op.where(allowed, zero, _const(float("-inf"), dtype)))
 
 
-def _repeat_kv_heads(ctx: LowerContext, x, q_heads: int):
-    """Grouped-query attention: each K/V head serves q_heads / kv_heads consecutive Q heads."""
+def _grouped_matmul(ctx: LowerContext, a, b):
+    """a @ b per head, where each head of b serves a group of consecutive heads of a
+    (grouped-query attention). Folding the group into a's rows saves copying K and V once
+    per query head."""
     from tvm import relax
 
-    kv_heads = _shape(x, "K/V")[1]
-    if kv_heads == q_heads:
-        return x
-    if q_heads % kv_heads:
-        raise ValueError(f"{q_heads} query heads are not a multiple of {kv_heads} key/value heads")
-    return ctx.emit(relax.op.repeat(x, q_heads // kv_heads, axis=1))
+    batch, heads, rows, inner = _shape(a, "Attention operand")
+    kv_heads, cols = _shape(b, "K/V")[1], _shape(b, "K/V")[3]
+    if heads == kv_heads:
+        return _matmul(ctx, a, b)
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
+    a = ctx.emit(relax.op.reshape(a, (batch, kv_heads, heads // kv_heads * rows, inner)))
+    return ctx.emit(relax.op.reshape(_matmul(ctx, a, b), (batch, heads, rows, cols)))
+
+
+def _in_float32(ctx: LowerContext, fn, x):
+    """fn(x) computed in float32 for half types, rounded once, as numpy's half ufuncs do."""
+    from tvm import relax
+
+    dtype = x.ty.dtype
+    if dtype not in _HALF:
+        return ctx.emit(fn(x))
+    return ctx.emit(relax.op.astype(fn(relax.op.astype(x, "float32")), dtype))
 
 
 def _softcap(ctx: LowerContext, x, cap: float, dtype: str):
     from tvm import relax
 
-    capped = relax.op.tanh(relax.op.divide(x, _const(cap, dtype)))
-    return ctx.emit(relax.op.multiply(capped, _const(cap, dtype)))
+    scaled = ctx.emit(relax.op.divide(x, _const(cap, dtype)))
+    return ctx.emit(relax.op.multiply(_in_float32(ctx, relax.op.tanh, scaled), _const(cap, dtype)))
+
+
+def _softmax(ctx: LowerContext, x):
+    """Softmax over the last axis. Half types are rounded after each step like numpy: sums in
+    float32 for float16, in bfloat16 itself for bfloat16 (as ml_dtypes does)."""
+    from tvm import relax
+
+    dtype = x.ty.dtype
+    if dtype not in _HALF:
+        return ctx.emit(relax.op.nn.softmax(x, axis=-1))
+    shifted = ctx.emit(relax.op.subtract(x, relax.op.max(x, axis=-1, keepdims=True)))
+    e = _in_float32(ctx, relax.op.exp, shifted)
+    if dtype == "float16":
+        total = _in_float32(ctx, lambda t: relax.op.sum(t, axis=-1, keepdims=True), e)
+    else:
+        total = ctx.emit(relax.op.sum(e, axis=-1, keepdims=True))
+    return ctx.emit(relax.op.divide(e, total))
 
 
 def _masked_softmax(ctx: LowerContext, scores, bias, precision: str):
@@ -172,12 +203,13 @@ def _masked_softmax(ctx: LowerContext, scores, bias, precision: str):
 
     if scores.ty.dtype != precision:
         scores = ctx.emit(relax.op.astype(scores, precision))
-    probs = ctx.emit(relax.op.nn.softmax(scores, axis=-1))
+    probs = _softmax(ctx, scores)
     if bias is None:
         return probs
-    bias_dtype = bias.ty.dtype
-    row_max = relax.op.max(bias, axis=-1, keepdims=True)
-    empty_row = relax.op.equal(row_max, _const(float("-inf"), bias_dtype))
+    # TVM's max starts from the lowest finite value, not -inf: count the non -inf entries
+    open_keys = relax.op.not_equal(bias, _const(float("-inf"), bias.ty.dtype))
+    any_open = relax.op.max(relax.op.astype(open_keys, "int32"), axis=-1, keepdims=True)
+    empty_row = relax.op.equal(any_open, _const(0, "int32"))
     return ctx.emit(relax.op.where(empty_row, _const(0.0, precision), probs))
 
 
@@ -200,7 +232,7 @@ def attention(ctx: LowerContext, node, inputs):
     elif rank != 4:
         raise ValueError(f"Attention takes 3D or 4D Q/K/V, got rank {rank}")
     dtype = q.ty.dtype
-    _, q_heads, q_len, head_size = _shape(q, "Q")
+    q_len, head_size = _shape(q, "Q")[2:]
 
     past_len = 0
     if past_k is not None:
@@ -215,11 +247,9 @@ def attention(ctx: LowerContext, node, inputs):
 
     scale = attrs.get("scale")
     root = _const(math.sqrt(1.0 / math.sqrt(head_size) if scale is None else scale), dtype)
-    k = _repeat_kv_heads(ctx, k, q_heads)
-    v = _repeat_kv_heads(ctx, v, q_heads)
     qs = ctx.emit(relax.op.multiply(q, root))
     kt = ctx.emit(relax.op.permute_dims(relax.op.multiply(k, root), [0, 1, 3, 2]))
-    qk = _matmul(ctx, qs, kt)
+    qk = _grouped_matmul(ctx, qs, kt)
     softcap = attrs.get("softcap", 0.0)
     if softcap > 0:
         qk = _softcap(ctx, qk, softcap, dtype)
@@ -229,7 +259,7 @@ def attention(ctx: LowerContext, node, inputs):
     probs = _masked_softmax(ctx, scores, bias, precision)
     if precision != dtype:
         probs = ctx.emit(relax.op.astype(probs, dtype))
-    y = _matmul(ctx, probs, v)
+    y = _grouped_matmul(ctx, probs, v)
     if rank == 3:
         y = _merge_heads(ctx, y)
 
