@@ -131,6 +131,30 @@ def _no_max_roialign(node) -> None:
         raise ValueError("mode='max' is not supported (TVM's max pooling differs from ONNX's)")
 
 
-for _op in ("ReduceMax", "ReduceMin"):
-    _guarded(_op, _no_empty_reduction)
+def _infinite_reduction(op: str, identity: float) -> None:
+    """TVM's max (min) reduction starts from the lowest (highest) finite float, so a slice that
+    is all -inf (+inf) comes out finite. Reduce a mask of the other values too, and put the
+    infinity back where the slice had none."""
+    convert = tvm_converter_rule(op)
+
+    def rule(ctx: LowerContext, node, inputs):
+        from tvm import relax
+
+        _no_empty_reduction(node)
+        y = convert(ctx, node, inputs)
+        x = inputs[0]
+        if x.ty.dtype not in ("float16", "bfloat16", "float32", "float64"):
+            return y
+        inf = relax.const(identity, x.ty.dtype)
+        others = ctx.emit(relax.op.astype(relax.op.not_equal(x, inf), x.ty.dtype))
+        if identity > 0:  # min of the mask would ask "all", not "any": negate it
+            others = ctx.emit(relax.op.negative(others))
+        seen = ctx.emit(convert(ctx, node, [others, *inputs[1:]]))
+        return ctx.emit(relax.op.where(relax.op.equal(seen, relax.const(0, x.ty.dtype)), inf, ctx.emit(y)))
+
+    register_lowering(op)(rule)
+
+
+_infinite_reduction("ReduceMax", float("-inf"))
+_infinite_reduction("ReduceMin", float("inf"))
 _guarded("RoiAlign", _no_max_roialign)

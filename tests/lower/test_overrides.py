@@ -68,3 +68,12 @@ def test_unsqueeze_scalar_axes(rng):
     model = one_node("Unsqueeze", [vi("x", [3, 4])], [vi("y", [3, 1, 4])], [axes])
     x = rng.standard_normal((3, 4)).astype(np.float32)
     assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op,inf", [("ReduceMax", -np.inf), ("ReduceMin", np.inf)])
+def test_reductions_over_infinite_rows(op, inf):
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    model = one_node(op, [vi("x", [3, 4])], [vi("y", [3, 1])], [axes])
+    model.opset_import[0].version = 18
+    x = np.array([[inf] * 4, [1, inf, 3, -2], [inf, -inf, 0, 5]], np.float32)
+    assert_matches_ort(edlc.compile(model), model, {"x": x}, rtol=0, atol=0)
