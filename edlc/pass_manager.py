@@ -24,6 +24,7 @@ from edlc.ir.graph import Graph
 class PassResult:
     graph: Graph
     modified: bool
+    report: list[str] = field(default_factory=list)  # e.g. "why not fused", one line a rejection
 
 
 PassFn = Callable[[Graph], PassResult]
@@ -35,6 +36,7 @@ class PassInfo:
     fn: PassFn
     description: str
     min_opt_level: int  # in the default pipeline from this level on; 99 = only when asked
+    fixed_point: bool = False  # run this pass repeatedly until it changes nothing
 
 
 _PASSES: dict[str, PassInfo] = {}
@@ -42,9 +44,13 @@ _PASSES: dict[str, PassInfo] = {}
 _DEFAULT_ORDER: list[str] = []
 
 
-def register_pass(name: str, description: str, min_opt_level: int = 99) -> Callable[[PassFn], PassFn]:
+def register_pass(name: str, description: str, min_opt_level: int = 99,
+                  fixed_point: bool = False) -> Callable[[PassFn], PassFn]:
+    """Register `fn` under `name`; it joins the default pipeline at `min_opt_level` and up,
+    in registration order. `fixed_point` passes are repeated until they change nothing."""
+
     def deco(fn: PassFn) -> PassFn:
-        _PASSES[name] = PassInfo(name, fn, description, min_opt_level)
+        _PASSES[name] = PassInfo(name, fn, description, min_opt_level, fixed_point)
         if name not in _DEFAULT_ORDER:
             _DEFAULT_ORDER.append(name)
         return fn
@@ -82,6 +88,7 @@ class PassRecord:
     modified: bool
     nodes_before: int
     nodes_after: int
+    report: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,10 +118,16 @@ class PassManager:
                 before = len(graph.nodes)
                 t0 = time.perf_counter()
                 result = info.fn(graph)
+                modified, report = result.modified, list(result.report)
+                for _ in range(self.max_iterations - 1 if info.fixed_point and result.modified else 0):
+                    result = info.fn(result.graph)
+                    report = list(result.report)
+                    if not result.modified:
+                        break
                 graph = result.graph
-                self.records.append(PassRecord(info.name, time.perf_counter() - t0, result.modified,
-                                               before, len(graph.nodes)))
-                changed |= result.modified
+                self.records.append(PassRecord(info.name, time.perf_counter() - t0, modified,
+                                               before, len(graph.nodes), report))
+                changed |= modified
                 if self.verify_each:
                     graph.verify()
                 if info.name in print_after or "all" in print_after:

@@ -1,6 +1,18 @@
-"""edlc's graph passes (imported as edlc.passes); each module registers its passes."""
+"""edlc's graph passes (imported as edlc.passes); each module registers its passes.
 
-from edlc.passes import cleanup, fold_constants  # noqa: F401
+Import order is the order of the default pipeline: each pass joins it from its min_opt_level.
+"""
+
+from edlc.passes import (  # noqa: F401
+    fold_constants,
+    simplify,
+    cse,
+    fold_batchnorm,
+    recognize,
+    layout,
+    fuse,
+    cleanup,
+)
 
 from edlc.pass_manager import PassManager, PassResult, register_pass
 
