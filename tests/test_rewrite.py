@@ -74,7 +74,8 @@ def test_check_reason_and_constant_predicate():
                 rewrite=lambda b, m: m["x"])
     stats = apply_rules(g, [rule])
     assert not stats.modified
-    assert stats.report() == ["mul-by-one: Mul 'Mul' not rewritten: factor is [2.0], not 1"]
+    (line,) = stats.report()
+    assert line.startswith("mul-by-one: Mul ") and line.endswith("not rewritten: factor is [2.0], not 1")
 
 
 def test_rewrite_to_input_of_graph_output_is_declined():
