@@ -20,7 +20,7 @@ from edlc.errors import EdlcError, LoweringError, ModelError, ShapeError, Unsupp
 from edlc.frontend.onnx import load_model_proto, load_onnx
 from edlc.ir.graph import Graph
 from edlc.ir.types import TensorType
-from edlc.lower import LoweredModel, lower, unsupported_nodes
+from edlc.lower import LoweredModel, count_kernels, lower, unsupported_nodes
 from edlc.pass_manager import PassManager
 from edlc.runtime import Module
 from edlc.target import Target, get_target
@@ -86,13 +86,19 @@ def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = No
     return pm.run(graph), pm
 
 
-def build(lowered: LoweredModel, target: Target, opt_level: int = 2):
-    """Compile a lowered model with TVM for the target; returns the TVM executable."""
+def build(lowered: LoweredModel, target: Target, opt_level: int = 2) -> tuple[Any, int]:
+    """Compile a lowered model with TVM for the target; returns the TVM executable and the
+    number of kernels (PrimFuncs) it holds."""
     import tvm
+    from tvm import relax
 
     try:
+        tgt = target.tvm_target()
         with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
-            return tvm.compile(lowered.mod, target=target.tvm_target())
+            with tgt:
+                mod = relax.get_pipeline("default")(lowered.mod)
+            kernels = count_kernels(mod)
+            return tvm.compile(mod, target=tgt, relax_pipeline=None), kernels
     except EdlcError:
         raise
     except Exception as e:
@@ -135,7 +141,7 @@ def compile(
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after)
     try:
         lowered = lower(graph)
-        executable = build(lowered, tgt, opt_level)
+        executable, kernels = build(lowered, tgt, opt_level)
     except LoweringError as e:
         hint = _binding_hint(graph)
         if hint:
@@ -149,6 +155,7 @@ def compile(
         "model": {"name": name, "sha256": digest},
         "target": tgt.to_json(),
         "opt_level": opt_level,
+        "kernels": kernels,
         "inputs": [_spec(n, t) for n, t in lowered.inputs],
         "outputs": [_spec(n, t) for n, t in lowered.outputs],
         "params": list(lowered.params),

@@ -12,8 +12,9 @@ use the same three parts.
     )
     stats = apply_rules(graph, [silu])                  # stats.applied, stats.rejected
 
-A pattern is a tree of `op(...)` (one or several op names, input patterns, attribute
-predicates, an optional capture name), `var(...)` (any value, optionally with a predicate) and
+A pattern is a tree of `op(...)` (one or several op names, `edlc.name` for edlc ops, input
+patterns, attribute predicates, an optional capture name; one op pattern object used twice
+binds one node), `var(...)` (any value, optionally with a predicate) and
 `const(...)` (a constant value). `op("Conv", x, w, ...)` lets the node have further inputs.
 Add and Mul match their inputs in either order. Nodes inside the match other than the root
 must feed only the match: a value read elsewhere keeps its producer, and the rejection says
@@ -91,6 +92,7 @@ class Match:
         self.values: dict[str, Value] = {}
         self.named_nodes: dict[str, Node] = {}
         self.nodes: list[Node] = []  # every matched node, root first
+        self.bound: dict[int, Node] = {}  # id(op pattern) -> node: a pattern used twice is one node
 
     def __getitem__(self, name: str) -> Value:
         return self.values[name]
@@ -107,6 +109,7 @@ class Match:
     def copy(self) -> Match:
         m = Match(self.root)
         m.values, m.named_nodes, m.nodes = dict(self.values), dict(self.named_nodes), list(self.nodes)
+        m.bound = dict(self.bound)
         return m
 
 
@@ -151,8 +154,18 @@ def _match_value(p: Pattern | None, v: Value | None, m: Match) -> list[Match]:
     return _match_node(p, node, m)
 
 
+def _op_matches(p: OpPattern, node: Node) -> bool:
+    """`op("Conv")` matches ONNX Conv; `op("edlc.fused")` or `op("fused", domain="edlc")` the
+    edlc op."""
+    if node.op in p.ops and (node.domain or "") == (p.domain or ""):
+        return True
+    return bool(node.domain) and f"{node.domain}.{node.op}" in p.ops
+
+
 def _match_node(p: OpPattern, node: Node, m: Match) -> list[Match]:
-    if node.op not in p.ops or (node.domain or "") != (p.domain or ""):
+    if id(p) in m.bound:
+        return [m] if m.bound[id(p)] is node else []
+    if not _op_matches(p, node):
         return []
     if not all(_attr_ok(node, k, want) for k, want in p.attrs.items()):
         return []
@@ -167,6 +180,7 @@ def _match_node(p: OpPattern, node: Node, m: Match) -> list[Match]:
         return []
     m = m.copy()
     m.nodes.append(node)
+    m.bound[id(p)] = node
     if p.name is not None:
         m.named_nodes[p.name] = node
     inputs = list(node.inputs) + [None] * (len(p.inputs) - n_in)
@@ -209,6 +223,7 @@ class Builder:
         self.graph = graph
         self.before = before
         self.created: list[Node] = []
+        self.wanted_names: dict[int, str] = {}  # node -> the name it asked for (maybe taken now)
 
     def op(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None, *,
            domain: str = "", num_outputs: int = 1, output_types: Sequence[TensorType | None] | None = None,
@@ -216,9 +231,11 @@ class Builder:
         """Add a node; returns its output Value (or the list of them when several)."""
         if "." in op and not domain:
             domain, op = op.rsplit(".", 1)
+        wanted = name or f"{self.before.name}/{op}"
         node = self.graph.add_node(op, inputs, attrs, num_outputs=num_outputs, output_types=output_types,
-                                   name=name or f"{self.before.name}/{op}", domain=domain, before=self.before)
+                                   name=wanted, domain=domain, before=self.before)
         self.created.append(node)
+        self.wanted_names[id(node)] = wanted
         return node.outputs[0] if len(node.outputs) == 1 else list(node.outputs)
 
     def constant(self, array: Any, name: str = "const") -> Value:
@@ -265,7 +282,7 @@ class RewriteStats:
         return [str(r) for r in self.rejected]
 
 
-def _replace_root(graph: Graph, m: Match, new: Sequence[Value]) -> None:
+def _replace_root(graph: Graph, m: Match, new: Sequence[Value], b: Builder) -> None:
     old = [v for v in m.root.outputs]
     if len(new) != len(old):
         raise ValueError(f"rewrite of '{m.root.name}' gave {len(new)} values for {len(old)} outputs")
@@ -274,13 +291,27 @@ def _replace_root(graph: Graph, m: Match, new: Sequence[Value]) -> None:
             continue
         if n.type is None:
             n.type = o.type
-        if o in graph.outputs:
-            # the model's output names are its interface: the new value takes the old name
+        if o in graph.outputs or n.producer in b.created:
+            # the new value takes the old name (the model's output names are its interface;
+            # elsewhere it keeps printed graphs readable across rewrites)
             o.name, n.name = n.name, o.name
         graph.replace_all_uses(o, n)
-    for node in m.nodes:  # root first, then upstream: remove whatever became dead
-        if node in graph.nodes and not any(v._uses or v in graph.outputs for v in node.outputs):
-            graph.remove_node(node)
+    pending = list(m.nodes)  # remove whatever became dead; a shared inner node may die last
+    while pending:
+        dead = [n for n in pending if not any(v._uses or v in graph.outputs for v in n.outputs)]
+        if not dead:
+            break
+        for n in dead:
+            if n in graph.nodes:
+                graph.remove_node(n)
+            pending.remove(n)
+    taken = {n.name for n in graph.nodes}
+    for node in b.created:  # a name taken by a node now removed is free again
+        wanted = b.wanted_names[id(node)]
+        if node.name != wanted and wanted not in taken:
+            taken.discard(node.name)
+            node.name = wanted
+            taken.add(wanted)
 
 
 def _drop_created(graph: Graph, b: Builder) -> None:
@@ -311,7 +342,7 @@ def _try_rule(graph: Graph, rule: Rule, node: Node, stats: RewriteStats) -> bool
             reasons.append("its output is a graph output and would be replaced by an input, "
                            "a constant or another output")
             continue
-        _replace_root(graph, m, new)
+        _replace_root(graph, m, new, b)
         stats.applied[rule.name] = stats.applied.get(rule.name, 0) + 1
         return True
     if reasons:
@@ -338,6 +369,8 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], max_rounds: int = 16,
             break
     if subgraphs:
         for node in graph.nodes:
+            if node.domain == "edlc" and node.op == "fused":
+                continue  # a fused group's body is one kernel: leave it as fused
             for sub in node.subgraphs:
                 inner = apply_rules(sub, rules, max_rounds, subgraphs)
                 for k, n in inner.applied.items():

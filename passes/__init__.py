@@ -3,6 +3,7 @@
 Import order is the order of the default pipeline: each pass joins it from its min_opt_level.
 """
 
+# isort: off
 from edlc.passes import (  # noqa: F401
     fold_constants,
     simplify,
@@ -13,6 +14,7 @@ from edlc.passes import (  # noqa: F401
     fuse,
     cleanup,
 )
+# isort: on
 
 from edlc.pass_manager import PassManager, PassResult, register_pass
 

@@ -18,10 +18,12 @@ from edlc.errors import ShapeError
 from edlc.ir.types import TensorType
 
 if TYPE_CHECKING:
-    from edlc.ir.graph import Node
+    from edlc.ir.graph import Graph, Node, Value
 
 InferFn = Callable[["Node"], list[TensorType]]
 ReferenceFn = Callable[["Node", Sequence[np.ndarray]], list[np.ndarray]]
+# Writes standard ONNX nodes computing `node` before it in `graph`; returns its new outputs.
+DecomposeFn = Callable[["Graph", "Node"], list["Value"]]
 
 
 @dataclass
@@ -31,6 +33,7 @@ class OpDef:
     infer: InferFn | None = None
     reference: ReferenceFn | None = None
     lower: Callable | None = None
+    decompose: DecomposeFn | None = None  # how ONNX export writes an edlc op in standard ops
     doc: str = ""
 
 
@@ -54,12 +57,14 @@ def register_op(
     *,
     infer: InferFn | None = None,
     reference: ReferenceFn | None = None,
+    decompose: DecomposeFn | None = None,
     doc: str = "",
 ) -> OpDef:
     """Declare (or extend) an op's entry; keeps fields already set by others."""
     d = op_def(name, domain, create=True)
     d.infer = infer or d.infer
     d.reference = reference or d.reference
+    d.decompose = decompose or d.decompose
     d.doc = doc or d.doc
     return d
 

@@ -61,6 +61,8 @@ def unsupported_nodes(graph: Graph) -> list[tuple[str, str, str]]:
 def _ensure_rules() -> None:
     # importing registers edlc's own rules
     import edlc.lower.attention  # noqa: F401
+    import edlc.lower.fused  # noqa: F401
+    import edlc.lower.layout  # noqa: F401
     import edlc.lower.normalization  # noqa: F401
     import edlc.lower.overrides  # noqa: F401
     import edlc.lower.rules  # noqa: F401
@@ -84,10 +86,14 @@ def _relax_name(name: str) -> str:
 class LowerContext:
     """State of one lowering: the BlockBuilder, the value -> Relax expression map, params."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, parent: LowerContext | None = None):
         from tvm import relax
 
         self.graph = graph
+        # A sub-function's context (a fused group) reads large constants through extra params
+        # bound to the parent's expressions: (param var, parent expr) in order.
+        self.parent = parent
+        self.captured: list[tuple] = []
         self.opset = graph.opset.get("", 17)
         self.bb = relax.BlockBuilder()
         self.env: dict[int, object] = {}
@@ -150,6 +156,9 @@ class LowerContext:
         if arr.size <= INLINE_CONST_MAX:
             return relax.const(tvm.runtime.tensor(np.require(arr, requirements="C")))
         var = relax.Var(self.fresh(v.name), self.relax_type(v.type))
+        if self.parent is not None:
+            self.captured.append((var, self.parent.expr(v)))
+            return var
         self.param_vars.append(var)
         self.params[var.name] = arr
         self.tvm_params[var.name] = (var, tvm.runtime.tensor(np.require(arr, requirements="C")))
@@ -236,7 +245,7 @@ def lower(graph: Graph) -> LoweredModel:
         raise UnsupportedOpError(unsupported)
     ctx = LowerContext(graph)
     input_vars = [ctx.new_input(v) for v in graph.inputs]
-    has_control_flow = any(n.subgraphs for n in graph.nodes)
+    has_control_flow = any(n.subgraphs and n.domain != "edlc" for n in graph.nodes)
     # Params are only known after the body is built: build it, then make the function.
     with ctx.bb.function("main"):
         if has_control_flow:
