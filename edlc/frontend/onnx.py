@@ -329,8 +329,12 @@ def graph_to_proto(g: Graph, opset: dict[str, int] | None = None) -> onnx.GraphP
     )
 
 
-def to_onnx(g: Graph, ir_version: int | None = None) -> onnx.ModelProto:
-    """The graph as an ONNX model; edlc.* ops keep their domain ('edlc')."""
+def to_onnx(g: Graph, ir_version: int | None = None, decompose: bool = True) -> onnx.ModelProto:
+    """The graph as an ONNX model. With `decompose`, edlc ops that have a standard-ONNX form
+    (fused groups, recognized ops) are written in it, so other runtimes can run the graph;
+    the rest keep their domain ('edlc')."""
+    if decompose:
+        g = standardized(g)
     opset = dict(g.opset)
     for n in g.all_nodes():
         if n.domain and n.domain not in opset:
@@ -342,6 +346,44 @@ def to_onnx(g: Graph, ir_version: int | None = None) -> onnx.ModelProto:
     )
     model.ir_version = ir_version or min(model.ir_version, 10)
     return model
+
+
+def standardized(g: Graph) -> Graph:
+    """A copy of `g` with every edlc op that registered a decomposition replaced by it."""
+    from edlc.ir.ops import op_def
+
+    def has_decomposition(n: Node) -> bool:
+        d = op_def(n.op, n.domain) if n.domain else None
+        return d is not None and d.decompose is not None
+
+    if not any(has_decomposition(n) for n in g.all_nodes()):
+        return g
+    g = g.copy()
+    _decompose_in(g, has_decomposition)
+    return g
+
+
+def _decompose_in(g: Graph, has_decomposition) -> None:
+    from edlc.ir.ops import op_def
+
+    changed = True
+    while changed:  # a decomposition may itself hold edlc ops (a fused group of edlc.Gelu)
+        changed = False
+        for node in list(g.nodes):
+            for sub in node.subgraphs:
+                if node.domain != "edlc":
+                    _decompose_in(sub, has_decomposition)
+            if not has_decomposition(node):
+                continue
+            new = op_def(node.op, node.domain).decompose(g, node)
+            for old, v in zip(node.outputs, new):
+                if v.type is None:
+                    v.type = old.type
+                if old in g.outputs:
+                    old.name, v.name = v.name, old.name
+                g.replace_all_uses(old, v)
+            g.remove_node(node)
+            changed = True
 
 
 # ---- one-node inference and evaluation (default op rules) --------------------------------------

@@ -348,11 +348,12 @@ class Graph:
                     g.add_edge(producer_of[id(v)], n, value=v)
         return g
 
-    def to_onnx(self):
-        """Export as an onnx.ModelProto (edlc.* ops in the 'edlc' domain)."""
+    def to_onnx(self, decompose: bool = True):
+        """Export as an onnx.ModelProto: edlc ops with a standard form are written in it (so
+        onnxruntime can run the result), others stay in the 'edlc' domain."""
         from edlc.frontend.onnx import to_onnx
 
-        return to_onnx(self)
+        return to_onnx(self, decompose=decompose)
 
     def op_histogram(self) -> dict[str, int]:
         hist: dict[str, int] = {}

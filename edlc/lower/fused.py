@@ -79,3 +79,79 @@ def gelu(ctx: LowerContext, node: Node, inputs: list):
     if node.attrs.get("approximate", "none") == "tanh":
         return ctx.emit(relax.op.nn.gelu_tanh(inputs[0]))
     return ctx.emit(relax.op.nn.gelu(inputs[0]))
+
+
+def lift_primitive_constants(mod):
+    """Make the tensor constants inside Primitive functions parameters (FuseTIR rejects
+    constants there), passing them from each call site. Runs after LegalizeOps, when every
+    binding in a Primitive function is a call_tir."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+    lifted: dict = {}  # name -> (new global var, constants)
+    kept, new_funcs = {}, {}
+    for gv, f in mod.functions.items():
+        if isinstance(f, relax.Function) and f.attrs and "Primitive" in f.attrs:
+            new, constants = _lift_constants(f)
+            if constants:
+                new_funcs[gv.name_hint] = (new, constants)
+                continue
+        kept[gv] = f
+    if not new_funcs:
+        return mod
+    # a BlockBuilder gives the new functions GlobalVars typed with their new signatures
+    bb = relax.BlockBuilder(tvm.IRModule(kept, attrs=mod.attrs, global_infos=mod.global_infos))
+    for name, (new, constants) in new_funcs.items():
+        lifted[name] = (bb.add_func(new, name), constants)
+
+    @mutator
+    class _Calls(PyExprMutator):
+        def visit_call_(self, op):
+            call = super().visit_call_(op)
+            if isinstance(call.op, relax.GlobalVar) and call.op.name_hint in lifted:
+                new_gv, constants = lifted[call.op.name_hint]
+                return relax.Call(new_gv, list(call.args) + constants, call.attrs, call.ty_args)
+            return call
+
+    for gv, f in kept.items():
+        if isinstance(f, relax.Function) and not (f.attrs and "Primitive" in f.attrs):
+            bb.update_func(gv, _Calls().visit_expr(f))
+    return bb.get()
+
+
+def _lift_constants(f):
+    """(function with its call_tir constant arguments as new params, those constants)."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    constants: list = []
+    params: list = []
+
+    def param_for(c):
+        for known, p in zip(constants, params):
+            if known.same_as(c):
+                return p
+        constants.append(c)
+        params.append(relax.Var(f"lifted_const{len(params)}", c.ty))
+        return params[-1]
+
+    blocks = []
+    for block in f.body.blocks:
+        bindings = []
+        for b in block.bindings:
+            v = b.value
+            if isinstance(b, relax.VarBinding) and isinstance(v, relax.Call) and v.op.same_as(call_tir):
+                fields = [param_for(x) if isinstance(x, tvm.ir.expr.Constant) else x for x in v.args[1].fields]
+                v = relax.Call(v.op, [v.args[0], relax.Tuple(fields)] + list(v.args[2:]), v.attrs,
+                               v.ty_args)
+                b = relax.VarBinding(b.var, v)
+            bindings.append(b)
+        kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
+        blocks.append(kind(bindings))
+    if not constants:
+        return f, []
+    body = relax.SeqExpr(blocks, f.body.body)
+    return relax.Function(list(f.params) + params, body, f.ret_ty, f.is_pure, f.attrs), constants
