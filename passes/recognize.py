@@ -74,6 +74,10 @@ def _check_layer_norm(m: Match, graph: Graph) -> str | None:
     why = _float_input(m)
     if why:
         return why
+    if m.get("beta") is None:
+        users = m.root.outputs[0].users
+        if len(users) == 1 and users[0].op == "Add" and any(v is not None and v.is_constant for v in users[0].inputs):
+            return "a bias Add follows: the pattern with the bias applies there"
     if graph.opset.get("", 1) < 17:
         return f"opset {graph.opset.get('', 1)} has no LayerNormalization (needs 17)"
     rank = len(m["x"].type.shape)
