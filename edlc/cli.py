@@ -1,8 +1,11 @@
 """The `edlc` command.
 
     edlc compile MODEL --target x86 [--input-shape x=1x3x224x224]... [-O N] -o OUT
+                 [--passes a,b] [--disable-pass P] [--print-ir-after P|all] [--time-passes]
+                 [--verify-each] [--pass-plugin MODULE:FUNCTION]
     edlc run OUT [--inputs in.npz] [--output out.npz]
-    edlc inspect MODEL [--input-shape ...]
+    edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N]
+    edlc optimize MODEL [pass flags] -o opt.onnx
     edlc targets | passes
 
 Exit codes: 0 success, 2 bad input (`edlc: error: ...` on one line), 1 internal error.
@@ -11,11 +14,17 @@ Exit codes: 0 success, 2 bad input (`edlc: error: ...` on one line), 1 internal 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import importlib
+import importlib.util
 import os
+import re
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +58,202 @@ def _shapes(bindings: Sequence[str] | None) -> dict[str, tuple[int, ...]] | None
     return dict(parse_shape_binding(b) for b in bindings) if bindings else None
 
 
+# ---- passes: plugins, validation, reports --------------------------------------------------------
+def _kebab(name: str) -> str:
+    """`fuse_silu` / `fuseSiLU` -> `fuse-silu` / `fuse-si-lu`: the name a plain function gets."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name)
+    return re.sub(r"[_\s]+", "-", name).strip("-").lower()
+
+
+def _import_plugin_module(where: str, spec: str):
+    """Import MODULE of a plugin spec: a path to a .py file, or an importable module name."""
+    path = Path(where)
+    if where.endswith(".py") or os.sep in where or "/" in where or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"--pass-plugin '{spec}': no such file '{where}'")
+        path = path.resolve()
+        # one module per file and process: loading the same plugin twice registers it once
+        modname = (f"edlc_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_"
+                   f"{hashlib.sha1(str(path).encode()).hexdigest()[:8]}")
+        if modname in sys.modules:
+            return sys.modules[modname]
+        loader_spec = importlib.util.spec_from_file_location(modname, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UsageError(f"--pass-plugin '{spec}': cannot import '{where}' as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[modname] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[modname]
+            raise UsageError(f"--pass-plugin '{spec}': importing {where} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        return module
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as e:
+        if e.name and (where == e.name or where.startswith(e.name + ".")):
+            raise UsageError(f"--pass-plugin '{spec}': no module named '{where}' "
+                             "(give an importable module or a path to a .py file)") from e
+        raise UsageError(f"--pass-plugin '{spec}': importing {where} failed: {e}") from e
+    except Exception as e:
+        raise UsageError(f"--pass-plugin '{spec}': importing {where} failed: {type(e).__name__}: {e}") from e
+
+
+def load_pass_plugin(spec: str) -> str:
+    """Load `MODULE:FUNCTION` and return the name of its pass.
+
+    FUNCTION is either a pass already registered with `@register_pass` when MODULE is imported
+    (its registered name is used) or a plain function `Graph -> PassResult`, registered here
+    under its kebab-case name (`fuse_silu` -> `fuse-silu`), joining no -O pipeline by itself.
+    """
+    from edlc.pass_manager import PassResult, available_passes, register_pass
+
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise UsageError(f"--pass-plugin '{spec}': expected MODULE:FUNCTION, e.g. my_passes:fuse_silu "
+                         "or path/to/passes.py:fuse_silu")
+    module = _import_plugin_module(where, spec)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise UsageError(f"--pass-plugin '{spec}': module '{where}' has no function '{attr}'")
+    if not callable(fn):
+        raise UsageError(f"--pass-plugin '{spec}': '{attr}' is not callable (it is of type {type(fn).__name__}); "
+                         "expected a function Graph -> PassResult")
+    registered = available_passes()
+    for info in registered.values():
+        if info.fn is fn or getattr(info.fn, "__wrapped__", None) is fn:
+            return info.name
+    name = _kebab(attr)
+    taken = registered.get(name)
+    # a plain function an earlier plugin load registered (in this process) may be replaced;
+    # two plugins of one command giving the same name are caught by pass_options
+    if taken is not None and not hasattr(taken.fn, "edlc_plugin_spec"):
+        raise UsageError(f"--pass-plugin '{spec}': the pass name '{name}' is taken by another pass; "
+                         "register yours with @register_pass under a name of its own")
+
+    @functools.wraps(fn)
+    def plugin_pass(graph):
+        result = fn(graph)
+        if not isinstance(result, PassResult):
+            raise UsageError(f"pass '{name}' (--pass-plugin '{spec}') returned "
+                             f"{type(result).__name__}, expected edlc.pass_manager.PassResult")
+        return result
+
+    plugin_pass.edlc_plugin_spec = spec
+    doc = (fn.__doc__ or "").strip().splitlines()
+    register_pass(name, doc[0] if doc else f"from --pass-plugin {spec}")(plugin_pass)
+    return name
+
+
+def _load_plugins(specs: Sequence[str] | None) -> list[str]:
+    """Load every --pass-plugin; the names of their passes, in order, without repeats."""
+    from edlc.pass_manager import get_pass
+
+    names: dict[str, tuple[str, object]] = {}
+    for spec in specs or ():
+        name = load_pass_plugin(spec)
+        fn = get_pass(name).fn
+        fn = getattr(fn, "__wrapped__", fn)
+        if name in names and names[name][1] is not fn:
+            raise UsageError(f"--pass-plugin '{spec}' and --pass-plugin '{names[name][0]}' both give "
+                             f"a pass named '{name}'")
+        names.setdefault(name, (spec, fn))
+    return list(names)
+
+
+def _names(values: Sequence[str] | None) -> list[str]:
+    """Flag values as a list: repeated flags and comma-separated lists both work."""
+    return [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+
+
+def _check_passes(flag: str, names: Sequence[str], allow_all: bool = False) -> None:
+    from edlc.pass_manager import available_passes
+
+    known = available_passes()
+    for n in names:
+        if n not in known and not (allow_all and n == "all"):
+            raise UsageError(f"{flag}: unknown pass '{n}'; available: {', '.join(known)}"
+                             + (" (or 'all')" if allow_all else ""))
+
+
+@dataclass
+class PassOptions:
+    """The pass flags of one command, checked: what `edlc.compile` / `optimize` take."""
+
+    passes: list[str] | None  # None: the -O pipeline
+    disabled: list[str]
+    print_after: list[str]
+    plugins: list[str]
+
+
+def pass_options(args: argparse.Namespace, explicit: str | None = None) -> PassOptions:
+    """Load --pass-plugin modules and validate --passes / --disable-pass / --print-ir-after.
+
+    Plugin passes run after the -O pipeline (or after an explicit --passes list) unless
+    --passes names them, in which case they run where named."""
+    from edlc.pass_manager import default_pipeline
+
+    plugins = _load_plugins(getattr(args, "pass_plugin", None))
+    passes = _names([explicit]) if explicit is not None else None
+    disabled = _names(getattr(args, "disable_pass", None))
+    print_after = _names(getattr(args, "print_ir_after", None))
+    _check_passes("--passes", passes or ())
+    _check_passes("--disable-pass", disabled)
+    _check_passes("--print-ir-after", print_after, allow_all=True)
+    if plugins:
+        base = passes if passes is not None else default_pipeline(args.opt_level)
+        passes = base + [p for p in plugins if p not in base]
+    return PassOptions(passes, disabled, print_after, plugins)
+
+
+def pass_report(records: Sequence) -> list[str]:
+    """Per pass (grouped by name, in order of first run): time, nodes before -> after, whether it
+    changed the graph, then the report lines the pass returned (e.g. why a fusion was refused)."""
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault(r.name, []).append(r)
+    width = max([len(n) for n in groups] + [4])
+    lines = [f"  {'pass':{width}} {'time':>10}  {'nodes':>14}  changed"]
+    for name, rs in groups.items():
+        ms = sum(r.seconds for r in rs) * 1e3
+        runs = f" ({len(rs)} runs)" if len(rs) > 1 else ""
+        changed = "yes" if any(r.modified for r in rs) else "no"
+        lines.append(f"  {name:{width}} {ms:7.2f} ms  {rs[0].nodes_before:6} -> {rs[-1].nodes_after:<6}  "
+                     f"{changed}{runs}")
+        report = list(dict.fromkeys(line for line in rs[-1].report))
+        lines.extend(f"      {line}" for line in report)
+    return lines
+
+
 # ---- verbs -------------------------------------------------------------------------------------
 def cmd_compile(args: argparse.Namespace) -> int:
     import edlc
+    from edlc.pass_manager import timing_report
 
     if args.aot:
         raise UsageError(f"--aot builds firmware for microcontroller targets; target '{args.target}' "
                          "has no firmware form in this version of edlc")
+    opts = pass_options(args, args.passes)
     t0 = time.perf_counter()
-    _progress(f"compiling {args.model} for {args.target} at -O{args.opt_level}")
-    module = edlc.compile(
-        args.model, target=args.target, input_shapes=_shapes(args.input_shape), opt_level=args.opt_level,
-        passes=args.passes.split(",") if args.passes else None,
-        disabled_passes=args.disable_pass or (), verify_each=args.verify_each,
-        print_after=args.print_ir_after or (),
-        target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
-        records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
-    )
+    _progress(f"compiling {args.model} for {args.target} at -O{args.opt_level}"
+              + (f" with plugin pass(es) {', '.join(opts.plugins)}" if opts.plugins else ""))
+    records: list = []
+    try:
+        module = edlc.compile(
+            args.model, target=args.target, input_shapes=_shapes(args.input_shape),
+            opt_level=args.opt_level, passes=opts.passes, disabled_passes=opts.disabled,
+            verify_each=args.verify_each, print_after=opts.print_after,
+            target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
+            records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
+            pass_records=records,
+        )
+    finally:  # timings help most when a later stage fails: print them either way
+        if args.time_passes:
+            print(timing_report(records) if records else "(no passes ran)")
     out = module.export(args.output)
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
-          f"({len(module.manifest['params'])} weight tensors)")
+          f"({module.manifest['kernels']} kernels, {len(module.manifest['params'])} weight tensors)")
     return 0
 
 
@@ -118,13 +303,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     import edlc
-    from edlc.driver import import_model
+    from edlc.driver import import_model, optimize
     from edlc.ir.stats import graph_stats
     from edlc.lower import unsupported_nodes
     from edlc.pass_manager import PassManager
 
+    # any pass flag asks for the pipeline report, as --passes does
+    run_passes = args.passes is not None or args.opt_level is not None or any(
+        (args.disable_pass, args.print_ir_after, args.pass_plugin, args.verify_each))
+    args.opt_level = 2 if args.opt_level is None else args.opt_level
+    opts = pass_options(args, args.passes or None) if run_passes else None
     graph = import_model(args.model, _shapes(args.input_shape))
-    graph = PassManager(["fold-constants", "eliminate-dead-code"]).run(graph)
+    pm = None
+    if opts is None:  # the model as edlc sees it after the basic cleanups
+        graph = PassManager(["fold-constants", "eliminate-dead-code"]).run(graph)
+    else:
+        graph, pm = optimize(graph, args.opt_level, opts.passes, opts.disabled, args.verify_each,
+                             opts.print_after)
     st = graph_stats(graph)
     print(f"model: {args.model}  (graph '{graph.name}', opset {graph.opset.get('', '?')}, edlc {edlc.__version__})")
     for v in graph.inputs:
@@ -145,6 +340,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  {name}: {op}" + (f" (domain {dom})" if dom else ""))
     else:
         print("unsupported: none")
+    if pm is not None:
+        which = "--passes" if args.passes else f"-O{args.opt_level}"
+        print(f"passes ({which}): {len(graph.nodes)} nodes after {len(pm.records)} pass run(s)")
+        print("\n".join(pass_report(pm.records)))
     if args.print_ir:
         print(graph)
     return 0
@@ -157,10 +356,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from edlc.artifact import atomic_file
     from edlc.driver import import_model, optimize
 
+    opts = pass_options(args, args.passes)
     graph = import_model(args.model, _shapes(args.input_shape))
     before = len(graph.nodes)
-    graph, pm = optimize(graph, args.opt_level, args.passes.split(",") if args.passes else None,
-                         args.disable_pass or ())
+    graph, pm = optimize(graph, args.opt_level, opts.passes, opts.disabled, args.verify_each,
+                         opts.print_after)
     with atomic_file(args.output) as tmp:
         onnx.save(graph.to_onnx(), tmp)
     if args.time_passes:
@@ -178,11 +378,17 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from edlc.pass_manager import available_passes
+    """Passes in pipeline order (with the -O level each joins at), then those run on request."""
+    from edlc.pass_manager import available_passes, default_pipeline
 
-    for name, info in available_passes().items():
+    _load_plugins(args.pass_plugin)
+    known = available_passes()
+    order = default_pipeline(3) + [n for n in known if known[n].min_opt_level > 3]
+    for name in order:
+        info = known[name]
         level = f"-O{info.min_opt_level}+" if info.min_opt_level <= 3 else "on request"
-        print(f"{name:32} {level:11} {info.description}")
+        desc = (info.description or "").strip().splitlines()
+        print(f"{name:32} {level:11} {desc[0] if desc else ''}")
     return 0
 
 
@@ -202,12 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = c.add_argument_group("import")
     imp.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
                      help="bind an input's shape, e.g. input=1x3x224x224 (repeatable)")
-    ps = c.add_argument_group("passes")
-    ps.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4), help="optimization level (default 2)")
-    ps.add_argument("--passes", help="explicit comma-separated pass list instead of the -O pipeline")
-    ps.add_argument("--disable-pass", action="append", metavar="NAME")
-    ps.add_argument("--verify-each", action="store_true", help="verify the graph after every pass")
-    ps.add_argument("--print-ir-after", action="append", metavar="PASS|all")
+    _pass_flags(c.add_argument_group("passes"))
     q = c.add_argument_group("compression")
     q.add_argument("--quantize", choices=["int8", "fp16", "bf16"])
     q.add_argument("--calib", metavar="DATA.npz", help="calibration inputs for --quantize int8")
@@ -235,21 +436,44 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
     i.add_argument("--print-ir", action="store_true", help="print the graph in edlc's text form")
+    ip = i.add_argument_group("passes")
+    ip.add_argument("--passes", nargs="?", const="", metavar="a,b",
+                    help="run the -O pipeline (or the listed passes) and show, per pass, its time, "
+                         "node counts before -> after and its report (implied by the other pass flags)")
+    _pass_flags(ip, explicit=False, timing=False, opt_level=None)
     i.set_defaults(fn=cmd_inspect)
 
     o = sub.add_parser("optimize", help="run graph passes and write the result as ONNX")
     o.add_argument("model")
     o.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
-    o.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4))
-    o.add_argument("--passes", help="explicit comma-separated pass list")
-    o.add_argument("--disable-pass", action="append", metavar="NAME")
-    o.add_argument("--time-passes", action="store_true")
+    _pass_flags(o.add_argument_group("passes"))
     o.add_argument("-o", "--output", required=True, help="ONNX file to write")
     o.set_defaults(fn=cmd_optimize)
 
     sub.add_parser("targets", help="list targets").set_defaults(fn=cmd_targets)
-    sub.add_parser("passes", help="list graph passes").set_defaults(fn=cmd_passes)
+    pl = sub.add_parser("passes", help="list graph passes and the -O level each joins at")
+    pl.add_argument("--pass-plugin", action="append", metavar="MODULE:FUNCTION",
+                    help="also load this plugin's pass (repeatable)")
+    pl.set_defaults(fn=cmd_passes)
     return p
+
+
+def _pass_flags(g, explicit: bool = True, timing: bool = True, opt_level: int | None = 2) -> None:
+    """The pass flags compile, optimize and inspect share."""
+    g.add_argument("-O", dest="opt_level", type=int, default=opt_level, choices=range(4),
+                   help="optimization level: which passes run (default 2; see `edlc passes`)")
+    if explicit:
+        g.add_argument("--passes", metavar="a,b", help="explicit comma-separated pass list instead of the -O pipeline")
+    g.add_argument("--disable-pass", action="append", metavar="PASS", help="skip this pass (repeatable)")
+    g.add_argument("--verify-each", action="store_true", help="verify the graph after every pass")
+    g.add_argument("--print-ir-after", action="append", metavar="PASS|all",
+                   help="print the graph after this pass, or after every pass (repeatable)")
+    if timing:
+        g.add_argument("--time-passes", action="store_true",
+                       help="print each pass's time and node counts before -> after")
+    g.add_argument("--pass-plugin", action="append", metavar="MODULE:FUNCTION",
+                   help="load a pass from an importable module or a .py file; it runs after the "
+                        "-O pipeline unless --passes places it (repeatable)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,11 +79,15 @@ def import_model(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | N
 
 def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = None,
              disabled: Iterable[str] = (), verify_each: bool = False,
-             print_after: Iterable[str] = ()) -> tuple[Graph, PassManager]:
-    """Run the pass pipeline for `opt_level` (or an explicit list) on the graph."""
-    pm = PassManager(passes, verify_each=verify_each, print_after=print_after, disabled=disabled) \
-        if passes is not None else PassManager.for_opt_level(opt_level, verify_each=verify_each,
-                                                              print_after=print_after, disabled=disabled)
+             print_after: Iterable[str] = (),
+             records: list | None = None) -> tuple[Graph, PassManager]:
+    """Run the pass pipeline for `opt_level` (or an explicit list) on the graph. `records`, if
+    given, receives a PassRecord per pass run as it finishes (kept even if a later pass fails)."""
+    options = {"verify_each": verify_each, "print_after": print_after, "disabled": disabled}
+    if records is not None:
+        options["records"] = records
+    pm = PassManager(passes, **options) if passes is not None else \
+        PassManager.for_opt_level(opt_level, **options)
     return pm.run(graph), pm
 
 
@@ -146,9 +150,11 @@ def compile(
     verify_each: bool = False,
     print_after: Iterable[str] = (),
     target_options: Mapping[str, Any] | None = None,
+    pass_records: list | None = None,
 ) -> Module:
     """Compile a model (path, onnx.ModelProto or edlc.Graph) for a target; returns a Module
-    whose `run` executes the built code."""
+    whose `run` executes the built code. `pass_records` (a list) collects per-pass timing and
+    reports, also when a later stage fails."""
     for option, value in (("records", records), ("quantize", quantize), ("sparsity", sparsity),
                           ("calibration", calibration)):
         if value is not None:
@@ -159,7 +165,8 @@ def compile(
     unsupported = unsupported_nodes(graph)
     if unsupported:
         raise UnsupportedOpError(unsupported)
-    graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after)
+    graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after,
+                        pass_records)
     try:
         lowered = lower(graph)
         executable, kernels = build(lowered, tgt, opt_level)

@@ -137,7 +137,12 @@ class PassManager:
         return graph
 
     def timing_report(self) -> str:
-        lines = [f"{'pass':32} {'ms':>9} {'nodes':>13}  changed"]
-        for r in self.records:
-            lines.append(f"{r.name:32} {r.seconds * 1e3:9.2f} {r.nodes_before:6} -> {r.nodes_after:<5} {'yes' if r.modified else 'no'}")
-        return "\n".join(lines)
+        return timing_report(self.records)
+
+
+def timing_report(records: Sequence[PassRecord]) -> str:
+    """One line per pass run: time, nodes before -> after, whether it changed the graph."""
+    lines = [f"{'pass':32} {'ms':>9} {'nodes':>13}  changed"]
+    for r in records:
+        lines.append(f"{r.name:32} {r.seconds * 1e3:9.2f} {r.nodes_before:6} -> {r.nodes_after:<5} {'yes' if r.modified else 'no'}")
+    return "\n".join(lines)
