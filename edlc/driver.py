@@ -20,8 +20,7 @@ from edlc.errors import EdlcError, LoweringError, ModelError, ShapeError, Unsupp
 from edlc.frontend.onnx import load_model_proto, load_onnx
 from edlc.ir.graph import Graph
 from edlc.ir.types import TensorType
-from edlc.lower import LoweredModel, count_kernels, lower, unsupported_nodes
-from edlc.lower.fused import lift_primitive_constants
+from edlc.lower import LoweredModel, count_kernels, lower, pipeline, unsupported_nodes
 from edlc.pass_manager import PassManager
 from edlc.runtime import Module
 from edlc.target import Target, get_target
@@ -83,7 +82,9 @@ def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = No
              records: list | None = None) -> tuple[Graph, PassManager]:
     """Run the pass pipeline for `opt_level` (or an explicit list) on the graph. `records`, if
     given, receives a PassRecord per pass run as it finishes (kept even if a later pass fails)."""
-    options = {"verify_each": verify_each, "print_after": print_after, "disabled": disabled}
+    options: dict[str, Any] = {"print_after": print_after, "disabled": disabled}
+    if verify_each:
+        options["verify_each"] = True
     if records is not None:
         options["records"] = records
     pm = PassManager(passes, **options) if passes is not None else \
@@ -95,40 +96,17 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2) -> tuple[An
     """Compile a lowered model with TVM for the target; returns the TVM executable and the
     number of kernels (PrimFuncs) it holds."""
     import tvm
-    from tvm import relax
 
     try:
         tgt = target.tvm_target()
         with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
-            with tgt:
-                # TVM's default CPU build fuses nothing; FuseTIR turns each of edlc's fused
-                # groups (Primitive functions) into one kernel, so grouping is edlc's alone
-                mod = relax.transform.LegalizeOps()(lowered.mod)
-                mod = lift_primitive_constants(mod)
-                mod = relax.transform.AnnotateTIROpPattern()(mod)
-                mod = relax.transform.FuseTIR()(mod)
-                mod = relax.get_pipeline("default")(mod)
-                mod = _drop_unused_kernels(mod)
-            kernels = count_kernels(mod)
-            return tvm.compile(mod, target=tgt, relax_pipeline=None), kernels
+            mod = pipeline.prepare(lowered.mod, tgt)
+            return tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod)
     except EdlcError:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoweringError(f"TVM build for target '{target.name}' failed: {first[:400]}") from e
-
-
-def _drop_unused_kernels(mod):
-    """FuseTIR leaves the pieces of each fused function behind; building them would waste
-    time and code, and counting them would misreport the kernels."""
-    import tvm
-    from tvm import relax
-
-    used = {gv.name_hint for f in mod.functions.values() if isinstance(f, relax.Function)
-            for gv in relax.analysis.all_global_vars(f)}
-    keep = {gv: f for gv, f in mod.functions.items()
-            if isinstance(f, relax.Function) or gv.name_hint in used}
-    return tvm.IRModule(keep, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def _spec(name: str, t: TensorType) -> dict[str, Any]:

@@ -12,6 +12,7 @@ pass, verifies the graph after each when asked, and can print the graph after a 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,8 @@ class PassManager:
     """Runs passes in order; `fixed_point` repeats the whole list until nothing changes."""
 
     passes: Sequence[str]
-    verify_each: bool = False
+    # EDLC_VERIFY_EACH=1 (the test suite sets it) verifies the graph after every pass everywhere
+    verify_each: bool = field(default_factory=lambda: os.environ.get("EDLC_VERIFY_EACH") == "1")
     print_after: Iterable[str] = ()
     fixed_point: bool = False
     max_iterations: int = 8

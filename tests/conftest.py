@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnx.parser
 import pytest
+
+# every pass run in the tests is followed by a graph verification
+os.environ.setdefault("EDLC_VERIFY_EACH", "1")
 
 
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import multiprocessing
 import os
@@ -39,7 +40,7 @@ except ImportError:  # run as a script
     from generate import DEFAULT_DIR, generate
 
 RTOL, ATOL = 1e-3, 1e-4
-BACKENDS = ("edlc", "onnxruntime")
+BACKENDS = ("edlc", "edlc-O0", "edlc-O3", "onnxruntime")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
 
@@ -137,14 +138,14 @@ def compare(name: str, expected: np.ndarray, actual: Any) -> str | None:
     return msg
 
 
-def _run_edlc(model_path: Path, inputs: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
+def _run_edlc(model_path: Path, inputs: dict[str, np.ndarray], opt_level: int = 2) -> tuple[dict[str, Any], list[str]]:
     import edlc
 
     graph = edlc.load_onnx(str(model_path))
     frozen = [n for n, a in inputs.items() if a.dtype in (np.int32, np.int64) and a.ndim <= 1]
     for name in frozen:
         graph.freeze_input(name, inputs[name])
-    module = edlc.compile(graph, target="x86")
+    module = edlc.compile(graph, target="x86", opt_level=opt_level)
     return module.run({n: a for n, a in inputs.items() if n not in frozen}), frozen
 
 
@@ -205,7 +206,9 @@ def _run_onnxruntime(
 
 
 _RUNNERS: dict[str, Callable[[Path, dict[str, np.ndarray]], tuple[dict[str, Any], list[str]]]] = {
-    "edlc": _run_edlc,
+    "edlc": _run_edlc,  # -O2, the default
+    "edlc-O0": functools.partial(_run_edlc, opt_level=0),
+    "edlc-O3": functools.partial(_run_edlc, opt_level=3),
     "onnxruntime": _run_onnxruntime,
 }
 

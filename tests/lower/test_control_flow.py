@@ -246,3 +246,21 @@ def test_scan_opset8_batched(rng):
     feeds = {"s0": rng.standard_normal((2, 3)).astype(np.float32),
              "x": rng.standard_normal((2, 4, 3)).astype(np.float32)}
     _check(module, model, feeds)
+
+
+def test_two_ifs_with_intermediate_values_in_the_taken_branch():
+    """TVM's KillAfterLastUse freed storage a later branch allocated from (a segfault)."""
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool c, float[4] x) => (float[4] y, float[4] z) {
+        y = If (c) <then_branch = t1 () => (float[4] a) { p = Relu(x)
+                                                          a = Add(p, p) },
+                    else_branch = e1 () => (float[4] b) { b = Neg(x) }>
+        z = If (c) <then_branch = t2 () => (float[4] a2) { p2 = Relu(x)
+                                                           a2 = Add(p2, p2) },
+                    else_branch = e2 () => (float[4] b2) { b2 = Neg(x) }>
+    }""")
+    module = edlc.compile(model)
+    x = np.arange(4, dtype=np.float32) - 1
+    for cond in (True, False):
+        _check(module, model, {"c": np.array(cond), "x": x})

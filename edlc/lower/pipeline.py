@@ -1,0 +1,78 @@
+"""The Relax -> VM-ready pipeline edlc builds with: TVM's default build passes, plus edlc's
+fusion step, minus what breaks.
+
+- Fusion: TVM's default CPU build fuses nothing. After legalization each `edlc.fused` group
+  (a Primitive function) has its constants lifted to parameters and FuseTIR makes it one
+  kernel; no other grouping happens, so the kernels are exactly edlc's decisions.
+- Control flow: with `If` in `main`, TVM 0.27's KillAfterLastUse frees storage that a later
+  branch still allocates from (a segfault in StorageObj::AllocTensor); it is left out there.
+- Kernels FuseTIR leaves behind unused are dropped before code generation.
+"""
+
+from __future__ import annotations
+
+
+def _default_passes(control_flow: bool) -> list:
+    """TVM 0.27's `relax.pipeline.default_build_pipeline`, pass for pass."""
+    from tvm.relax import backend, transform
+
+    passes = [
+        backend.DispatchSampling(),
+        backend.DispatchSortScan(),
+        transform.LegalizeOps(),
+        transform.RewriteDataflowReshape(),
+        transform.ToNonDataflow(),
+        transform.RemovePurityChecking(),
+        transform.CallTIRRewrite(),
+        transform.StaticPlanBlockMemory(),
+        transform.RewriteCUDAGraph(),
+        transform.LowerAllocTensor(),
+        transform.KillAfterLastUse(),
+        transform.LowerRuntimeBuiltin(),
+        transform.ComputePrimValue(),
+        transform.VMShapeLower(),
+        transform.AttachGlobalSymbol(),
+    ]
+    if control_flow:
+        passes = [p for p in passes if p.info.name != "KillAfterLastUse"]
+    return passes
+
+
+def has_control_flow(mod) -> bool:
+    from tvm import relax
+
+    found = []
+    for f in mod.functions.values():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, lambda e: found.append(isinstance(e, relax.If)))
+    return any(found)
+
+
+def prepare(mod, target):
+    """Run edlc's pipeline on a lowered module under `target`; returns the module ready for
+    `tvm.compile(..., relax_pipeline=None)`."""
+    import tvm
+    from tvm import relax
+
+    from edlc.lower.fused import lift_primitive_constants
+
+    with target:
+        mod = relax.transform.LegalizeOps()(mod)
+        mod = lift_primitive_constants(mod)
+        mod = relax.transform.AnnotateTIROpPattern()(mod)
+        mod = relax.transform.FuseTIR()(mod)
+        mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
+    return drop_unused_kernels(mod)
+
+
+def drop_unused_kernels(mod):
+    """FuseTIR leaves the pieces of each fused function behind; building them would waste
+    time and code, and counting them would misreport the kernels."""
+    import tvm
+    from tvm import relax
+
+    used = {gv.name_hint for f in mod.functions.values() if isinstance(f, relax.Function)
+            for gv in relax.analysis.all_global_vars(f)}
+    keep = {gv: f for gv, f in mod.functions.items()
+            if isinstance(f, relax.Function) or gv.name_hint in used}
+    return tvm.IRModule(keep, attrs=mod.attrs, global_infos=mod.global_infos)
