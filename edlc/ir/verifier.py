@@ -44,6 +44,8 @@ def verify(graph: Graph, outer: set[int] | None = None) -> None:
         for i, v in enumerate(n.outputs):
             if v.producer is not n or v.index != i:
                 raise ModelError(f"node '{n.name}' ({n.op}): output {i} '{v.name}' has a wrong producer link")
+            if not v.name:  # an omitted optional output (ONNX writes it as "")
+                continue
             if v.type is None:
                 raise ModelError(f"node '{n.name}' ({n.op}): output '{v.name}' has no type")
             define(v, f"output of '{n.name}'")

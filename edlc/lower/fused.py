@@ -13,9 +13,7 @@ from edlc.lower import LowerContext, _lower_node, register_lowering
 
 def emit_primitive(ctx: LowerContext, body: Graph, inputs: list, name: str):
     """Lower `body` into its own Primitive function and call it; returns the call's value.
-
-    Falls back to lowering the body inline when a rule inside it added functions of its own
-    (emit_te kernels) that cannot move between BlockBuilders."""
+    Kernels that rules inside the body emitted themselves (emit_te) move to the main module."""
     from tvm import relax
 
     sub = LowerContext(body, parent=ctx)
@@ -29,22 +27,36 @@ def emit_primitive(ctx: LowerContext, body: Graph, inputs: list, name: str):
             out = sub.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         sub.bb.emit_func_output(out, params=params + [var for var, _ in sub.captured])
     mod = sub.bb.get()
-    if len(mod.functions) != 1:
-        return _inline(ctx, body, inputs)
-    gv = ctx.bb.add_func(mod[fname], ctx.fresh(f"fused_{name}"))
+    moved = {gv.name_hint: ctx.bb.add_func(f, gv.name_hint)
+             for gv, f in mod.functions.items() if gv.name_hint != fname}
+    func = retarget_call_tir(mod[fname], moved) if moved else mod[fname]
+    gv = ctx.bb.add_func(func, ctx.fresh(f"fused_{name}"))
     call = ctx.emit(relax.Call(gv, list(inputs) + [outer for _, outer in sub.captured]))
     if len(body.outputs) == 1:
         return call
     return [ctx.emit(relax.TupleGetItem(call, i)) for i in range(len(body.outputs))]
 
 
-def _inline(ctx: LowerContext, body: Graph, inputs: list):
-    for v, e in zip(body.inputs, inputs):
-        ctx.bind(v, e)
-    for n in body.nodes:
-        _lower_node(ctx, n)
-    outs = [ctx.expr(v) for v in body.outputs]
-    return outs[0] if len(outs) == 1 else outs
+def retarget_call_tir(func, mapping: dict):
+    """`func` with each call_tir of a kernel named in `mapping` calling mapping[name] instead."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @mutator
+    class _Retarget(PyExprMutator):
+        def visit_call_(self, op):
+            call = super().visit_call_(op)
+            kernel = call.args[0] if call.args else None
+            if call.op.same_as(call_tir) and isinstance(kernel, relax.GlobalVar) \
+                    and kernel.name_hint in mapping:
+                return relax.Call(call.op, [mapping[kernel.name_hint]] + list(call.args[1:]),
+                                  call.attrs, call.ty_args)
+            return call
+
+    return _Retarget().visit_expr(func)
 
 
 @register_lowering("fused", "edlc")

@@ -6,7 +6,8 @@ fusion step, minus what breaks.
   kernel; no other grouping happens, so the kernels are exactly edlc's decisions.
 - Control flow: with `If` in `main`, TVM 0.27's KillAfterLastUse frees storage that a later
   branch still allocates from (a segfault in StorageObj::AllocTensor); it is left out there.
-- Kernels FuseTIR leaves behind unused are dropped before code generation.
+- Identical kernels (fused groups of the same shapes) are built once; kernels FuseTIR leaves
+  behind unused are dropped before code generation.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def prepare(mod, target):
         mod = lift_primitive_constants(mod)
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         mod = relax.transform.FuseTIR()(mod)
+        mod = dedupe_kernels(mod)
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
     return drop_unused_kernels(mod)
 
@@ -76,3 +78,30 @@ def drop_unused_kernels(mod):
     keep = {gv: f for gv, f in mod.functions.items()
             if isinstance(f, relax.Function) or gv.name_hint in used}
     return tvm.IRModule(keep, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def dedupe_kernels(mod):
+    """Point every call of a PrimFunc structurally equal to an earlier one at that one (fused
+    groups are separate functions even when a model repeats a block)."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax, tirx
+
+    from edlc.lower.fused import retarget_call_tir
+
+    first: dict[int, list] = {}
+    redirect: dict[str, object] = {}
+    for gv, f in mod.functions.items():
+        if not isinstance(f, tirx.PrimFunc):
+            continue
+        bucket = first.setdefault(tvm_ffi.structural_hash(f), [])
+        same = next((g for g, h in bucket if tvm_ffi.structural_equal(f, h)), None)
+        if same is None:
+            bucket.append((gv, f))
+        else:
+            redirect[gv.name_hint] = same
+    if not redirect:
+        return mod
+    functions = {gv: (retarget_call_tir(f, redirect) if isinstance(f, relax.Function) else f)
+                 for gv, f in mod.functions.items() if gv.name_hint not in redirect}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
