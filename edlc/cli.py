@@ -4,6 +4,8 @@
                  [--passes a,b] [--disable-pass P] [--print-ir-after P|all] [--time-passes]
                  [--verify-each] [--pass-plugin MODULE:FUNCTION]
     edlc run OUT [--inputs in.npz] [--output out.npz]
+    edlc bench MODEL|OUT [--compare onnxruntime] [--repeat N] [--warmup N] [--threads N]
+               [--input-shape NAME=DIMS]... [--inputs in.npz] [--profile] [--json FILE]
     edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N]
     edlc optimize MODEL [pass flags] -o opt.onnx
     edlc targets | passes
@@ -252,9 +254,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.time_passes:
             print(timing_report(records) if records else "(no passes ran)")
     out = module.export(args.output)
+    if module.manifest.get("tuning"):
+        print(_records_report(module.manifest["tuning"]))
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
           f"({module.manifest['kernels']} kernels, {len(module.manifest['params'])} weight tensors)")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from edlc.tune import TuningInterrupted, parse_duration, tune
+
+    budget = parse_duration(args.time_budget) if args.time_budget else None
+    try:
+        result = tune(args.model, args.target, records=args.records, trials=args.trials,
+                      input_shapes=_shapes(args.input_shape), opt_level=args.opt_level,
+                      time_budget_s=budget, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                      population=args.population, trials_per_iter=min(64, args.trials),
+                      progress=_progress)
+    except TuningInterrupted as e:
+        print(f"edlc: {e}", file=sys.stderr)
+        return 130
+    print(result.summary())
+    return 0
+
+
+def _records_report(tuning: dict | None) -> str:
+    if not tuning:
+        return ""
+    found, missing = tuning["kernels_with_record"], tuning["kernels_without_record"]
+    line = f"tuning records {tuning['records']}: {len(found)} of {len(found) + len(missing)} kernels found a record"
+    return line + (f"; untuned: {', '.join(missing)}" if missing else "")
 
 
 def _random_inputs(specs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
@@ -298,6 +327,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.output, **outs)
         print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency, throughput, memory, GFLOP/s; optionally against onnxruntime and per kernel."""
+    from edlc.bench import bench, default_threads, format_report, write_json
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    threads = args.threads or default_threads()
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # before anything starts TVM's thread pool
+    report = bench(args.source, model=args.model, compare=args.compare, repeat=args.repeat,
+                   warmup=args.warmup, threads=threads, input_shapes=_shapes(args.input_shape),
+                   inputs=args.inputs, seed=args.seed, profile=args.profile, target=args.target,
+                   opt_level=args.opt_level, records=args.records, progress=_progress)
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    if report.outputs_match is False:
+        print(f"edlc: outputs differ from onnxruntime (max |diff| {report.max_abs_diff:.3g})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -424,6 +476,22 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.set_defaults(fn=cmd_compile)
 
+    t = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule; write tuning records")
+    t.add_argument("model", help="ONNX model file")
+    t.add_argument("--target", default="x86", help="target name (see `edlc targets`)")
+    t.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help="bind an input's shape (repeatable)")
+    t.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4),
+                   help="optimization level the model will be compiled at (default 2)")
+    t.add_argument("--trials", type=int, required=True,
+                   help="measured candidates the records should hold in all (earlier runs count)")
+    t.add_argument("--time-budget", metavar="DURATION", help="stop after this long, e.g. 10m, 1h")
+    t.add_argument("--records", metavar="DIR", required=True, help="tuning database directory")
+    t.add_argument("--population", type=int, default=2048,
+                   help="evolutionary search population per round (smaller: faster, coarser)")
+    t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers of this tracker")
+    t.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
+    t.set_defaults(fn=cmd_tune)
+
     r = sub.add_parser("run", help="run a compiled artifact")
     r.add_argument("artifact", help="artifact directory from `edlc compile`")
     r.add_argument("--inputs", help=".npz with one array per model input (random when omitted)")
@@ -431,6 +499,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeat", type=int, default=0, help="also time this many runs")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.set_defaults(fn=cmd_run)
+
+    b = sub.add_parser("bench",
+                       help="latency, throughput, memory and GFLOP/s of a model or artifact")
+    b.add_argument("source", metavar="MODEL|OUT",
+                   help="ONNX model (compiled first) or artifact directory from `edlc compile`")
+    b.add_argument("--compare", choices=["onnxruntime"],
+                   help="also run onnxruntime on the same model and inputs; outputs must match")
+    b.add_argument("--model", metavar="FILE",
+                   help="the ONNX model an artifact was compiled from (for --compare and FLOPs)")
+    b.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    b.add_argument("--threads", type=int,
+                   help="TVM and onnxruntime threads (default: TVM_NUM_THREADS, else all CPUs)")
+    b.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="bind an input's shape, e.g. input=1x3x224x224 (repeatable)")
+    b.add_argument("--inputs", help=".npz with one array per model input (random when omitted)")
+    b.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    b.add_argument("--profile", action="store_true", help="per-kernel time table (Relax VM)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bb = b.add_argument_group("compile (for an ONNX model)")
+    bb.add_argument("--target", help="target name (default x86)")
+    bb.add_argument("-O", dest="opt_level", type=int, choices=range(4),
+                    help="optimization level (default 2)")
+    bb.add_argument("--records", metavar="DIR", help="apply tuning records from `edlc tune`")
+    b.set_defaults(fn=cmd_bench)
 
     i = sub.add_parser("inspect", help="ops, parameters, FLOPs, memory and unsupported ops of a model")
     i.add_argument("model")

@@ -92,21 +92,40 @@ def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = No
     return pm.run(graph), pm
 
 
-def build(lowered: LoweredModel, target: Target, opt_level: int = 2) -> tuple[Any, int]:
-    """Compile a lowered model with TVM for the target; returns the TVM executable and the
-    number of kernels (PrimFuncs) it holds."""
+def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
+          records: str | os.PathLike | None = None) -> tuple[Any, int, dict[str, Any] | None]:
+    """Compile a lowered model with TVM for the target; returns the TVM executable, the number
+    of kernels (PrimFuncs) it holds, and, with tuning `records`, which kernels had one."""
     import tvm
 
     try:
         tgt = target.tvm_target()
         with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
-            mod = pipeline.prepare(lowered.mod, tgt)
-            return tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod)
+            mod = pipeline.fuse(lowered.mod, tgt)
+            tuning = None
+            if records is not None:
+                mod, found, missing = pipeline.apply_records(mod, tgt, records)
+                tuning = {"records": str(records), "kernels_with_record": found,
+                          "kernels_without_record": missing}
+            mod = pipeline.finish(mod, tgt)
+            return tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod), tuning
     except EdlcError:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoweringError(f"TVM build for target '{target.name}' failed: {first[:400]}") from e
+
+
+def check_records_dir(records: str | os.PathLike) -> None:
+    """A tuning-records directory must hold the database `edlc tune` writes."""
+    from edlc.errors import InputError
+
+    path = os.fspath(records)
+    if not os.path.isdir(path):
+        raise InputError(f"tuning records '{path}': no such directory (make one with `edlc tune ... --records {path}`)")
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise InputError(f"tuning records '{path}': {name} is missing; is this a directory written by `edlc tune`?")
 
 
 def _spec(name: str, t: TensorType) -> dict[str, Any]:
@@ -133,11 +152,12 @@ def compile(
     """Compile a model (path, onnx.ModelProto or edlc.Graph) for a target; returns a Module
     whose `run` executes the built code. `pass_records` (a list) collects per-pass timing and
     reports, also when a later stage fails."""
-    for option, value in (("records", records), ("quantize", quantize), ("sparsity", sparsity),
-                          ("calibration", calibration)):
+    for option, value in (("quantize", quantize), ("sparsity", sparsity), ("calibration", calibration)):
         if value is not None:
             raise EdlcError(f"option '{option}' is not available in this version of edlc yet")
     tgt = get_target(target, **dict(target_options or {}))
+    if records is not None:
+        check_records_dir(records)
     name, digest = model_digest(model)
     graph = import_model(model, input_shapes)
     unsupported = unsupported_nodes(graph)
@@ -147,7 +167,7 @@ def compile(
                         pass_records)
     try:
         lowered = lower(graph)
-        executable, kernels = build(lowered, tgt, opt_level)
+        executable, kernels, tuning = build(lowered, tgt, opt_level, records)
     except LoweringError as e:
         hint = _binding_hint(graph)
         if hint:
@@ -162,6 +182,7 @@ def compile(
         "target": tgt.to_json(),
         "opt_level": opt_level,
         "kernels": kernels,
+        "tuning": tuning,
         "inputs": [_spec(n, t) for n, t in lowered.inputs],
         "outputs": [_spec(n, t) for n, t in lowered.outputs],
         "params": list(lowered.params),

@@ -49,10 +49,9 @@ def has_control_flow(mod) -> bool:
     return any(found)
 
 
-def prepare(mod, target):
-    """Run edlc's pipeline on a lowered module under `target`; returns the module ready for
-    `tvm.compile(..., relax_pipeline=None)`."""
-    import tvm
+def fuse(mod, target):
+    """Legalize to TIR and make each of edlc's fused groups one kernel (built once when
+    identical). The kernels here are what tuning tasks and tuning records refer to."""
     from tvm import relax
 
     from edlc.lower.fused import lift_primitive_constants
@@ -62,9 +61,44 @@ def prepare(mod, target):
         mod = lift_primitive_constants(mod)
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         mod = relax.transform.FuseTIR()(mod)
-        mod = dedupe_kernels(mod)
+        return drop_unused_kernels(dedupe_kernels(mod))
+
+
+def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str]]:
+    """Schedule the kernels that have a tuning record in `records_dir` (a MetaSchedule JSON
+    database); returns (module, kernels with a record, kernels without)."""
+    import tvm
+    from tvm import relax, tirx
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(work_dir=str(records_dir))(mod)
+    found, missing = [], []
+    for gv, f in mod.functions.items():
+        if isinstance(f, tirx.PrimFunc):
+            (found if is_scheduled(f) else missing).append(gv.name_hint)
+    return mod, sorted(found), sorted(missing)
+
+
+SCHEDULED = "tirx.is_scheduled"  # the attr TVM 0.27 sets on a scheduled PrimFunc
+
+
+def is_scheduled(func) -> bool:
+    return func.attrs is not None and SCHEDULED in func.attrs and bool(func.attrs[SCHEDULED])
+
+
+def finish(mod, target):
+    """TVM's default build passes; the module is then ready for
+    `tvm.compile(..., relax_pipeline=None)`."""
+    import tvm
+
+    with target:
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
     return drop_unused_kernels(mod)
+
+
+def prepare(mod, target):
+    """`fuse` then `finish`: the whole pipeline for an untuned build."""
+    return finish(fuse(mod, target), target)
 
 
 def drop_unused_kernels(mod):

@@ -1,0 +1,287 @@
+"""Tuning: MetaSchedule searches schedules for the model's kernels, its XGBoost cost model
+ranking candidates, and writes every measured candidate to a JSON database (the records).
+
+    result = edlc.tune("model.onnx", target="x86", trials=2000, records="records/")
+    module = edlc.compile("model.onnx", records="records/")
+
+Tasks are the kernels of the fused module (`edlc.lower.pipeline.fuse`), the same ones a later
+`compile --records` looks up; identical kernels are one task. Each task is weighted by its
+share of the model's work (FLOPs x calls), so the task scheduler spends trials where time goes.
+Records are committed as they are measured: a killed run keeps them, and running the same
+command again continues towards the same total of trials, the search starting from the best
+records found so far.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edlc.errors import EdlcError, InputError, LoweringError
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    calls: int
+    flops: float
+    weight: float
+    trials: int = 0
+    best_us: float | None = None
+
+
+@dataclass
+class TuneResult:
+    records: Path
+    tasks: list[TaskInfo]
+    trials_before: int  # records already in the database when this run started
+    trials_run: int
+    seconds: float
+    stopped: str = ""  # why tuning stopped early ("time budget", "interrupted"), if it did
+    estimated_ms: float | None = None  # sum over tasks of best latency x calls
+
+    def summary(self) -> str:
+        lines = [f"{'task':40} {'calls':>5} {'share':>6} {'trials':>6} {'best us':>10}"]
+        for t in sorted(self.tasks, key=lambda t: -t.weight):
+            best = f"{t.best_us:10.1f}" if t.best_us is not None else f"{'-':>10}"
+            lines.append(f"{t.name[:40]:40} {t.calls:5} {t.weight * 100:5.1f}% {t.trials:6} {best}")
+        est = f"; kernels sum to {self.estimated_ms:.2f} ms" if self.estimated_ms else ""
+        lines.append(f"{self.trials_run} trials in {self.seconds:.0f} s ({self.trials_before} records "
+                     f"were already in {self.records}){est}" + (f"; stopped: {self.stopped}" if self.stopped else ""))
+        return "\n".join(lines)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1h', '45' (seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise InputError(f"time budget '{text}': expected a number with s, m or h (e.g. 10m)") from None
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--rpc-tracker '{text}': expected HOST:PORT")
+    return host, int(port)
+
+
+def count_records(records: Path) -> int:
+    path = records / "database_tuning_record.json"
+    if not path.is_file():
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence[int]] | None = None,
+            opt_level: int = 2) -> tuple[Any, Any, list]:
+    """(fused module, TVM target, MetaSchedule tasks) of a model, as compile would build it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edlc.driver import import_model, optimize
+    from edlc.errors import UnsupportedOpError
+    from edlc.lower import lower, pipeline, unsupported_nodes
+    from edlc.target import get_target
+
+    tgt = get_target(target)
+    graph = import_model(model, input_shapes)
+    unsupported = unsupported_nodes(graph)
+    if unsupported:
+        raise UnsupportedOpError(unsupported)
+    graph, _ = optimize(graph, opt_level)
+    tvm_target = tgt.tvm_target()
+    try:
+        mod = pipeline.fuse(lower(graph).mod, tvm_target)
+        tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    except EdlcError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoweringError(f"extracting tuning tasks failed: {first[:300]}") from e
+    return mod, tvm_target, tasks
+
+
+def _flops(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:
+        return 1.0
+
+
+def _progress_callback(tasks: list[TaskInfo], total: int, start: float, budget_s: float | None,
+                       progress: Progress, stop: list[str]):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        """Counts trials, keeps each task's best latency, prints a progress line and ends the
+        search when the time budget is spent."""
+
+        def __init__(self):
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            info = tasks[task_id]
+            for r in runner_results:
+                self.done += 1
+                info.trials += 1
+                secs = [float(s) for s in (r.run_secs or [])]
+                if r.error_msg is None and secs and min(secs) < 1e9:
+                    us = sum(secs) / len(secs) * 1e6
+                    info.best_us = us if info.best_us is None else min(info.best_us, us)
+            elapsed = time.monotonic() - start
+            eta = elapsed / self.done * (total - self.done) if self.done else 0.0
+            est = sum((t.best_us or 0) * t.calls for t in tasks) / 1e3
+            progress(f"tuning: {self.done}/{total} trials, task {task_id + 1}/{len(tasks)} "
+                     f"{info.name[:32]}, best {info.best_us or float('nan'):.1f} us, "
+                     f"model ~{est:.2f} ms, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
+            if budget_s is not None and elapsed > budget_s and not stop:
+                stop.append("time budget")
+                for i in range(len(tasks)):
+                    task_scheduler.terminate_task(i)
+
+    return _Progress()
+
+
+def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials: int = 1000,
+         input_shapes: Mapping[str, Sequence[int]] | None = None, opt_level: int = 2,
+         time_budget_s: float | None = None, rpc_tracker: str | None = None,
+         rpc_key: str | None = None, trials_per_iter: int = 64, population: int = 2048,
+         progress: Progress | None = None) -> TuneResult:
+    """Tune a model's kernels until `records` holds `trials` measured candidates (counting
+    those of earlier runs) or the time budget is spent."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise InputError(f"--trials must be at least 1, got {trials}")
+    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    records = Path(records)
+    records.mkdir(parents=True, exist_ok=True)
+    _, tvm_target, extracted = extract(model, target, input_shapes, opt_level)
+    if not extracted:
+        raise InputError("the model has no kernels to tune")
+    before = count_records(records)
+    remaining = trials - before
+    load_tensor_intrinsics(_intrinsic_family(tvm_target))
+    contexts, calls = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted_tasks=extracted, work_dir=str(records),
+        strategy=ms.search_strategy.EvolutionarySearch(population_size=population))
+    flops = [_flops(t) for t in extracted]
+    work = [c * f for c, f in zip(calls, flops)]
+    total_work = sum(work) or 1.0
+    infos = [TaskInfo(t.task_name, int(c), f, w / total_work)
+             for t, c, f, w in zip(extracted, calls, flops, work)]
+    result = TuneResult(records, infos, before, 0, 0.0)
+    if remaining <= 0:
+        progress(f"tuning: {records} already holds {before} records (--trials {trials}); nothing to do")
+        return result
+    progress(f"tuning {len(infos)} tasks, {remaining} trials ({before} records already in {records})")
+    stop: list[str] = []
+    start = time.monotonic()
+    callback = _progress_callback(infos, remaining, start, time_budget_s, progress, stop)
+    cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
+    try:
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=[max(i.weight, 1e-6) for i in infos],
+            work_dir=str(records),
+            max_trials_global=remaining,
+            num_trials_per_iter=min(trials_per_iter, remaining),
+            builder=ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate),
+            runner=_runner(rpc_tracker, rpc_key),
+            database=ms.database.JSONDatabase(work_dir=str(records)),
+            cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                              adaptive_training=True, num_tuning_cores=cores),
+            measure_callbacks=[ms.measure_callback.AddToDatabase(),
+                               ms.measure_callback.RemoveBuildArtifact(),
+                               ms.measure_callback.UpdateCostModel(), callback],
+            task_scheduler="gradient",
+        )
+    except KeyboardInterrupt:
+        stop.append("interrupted")
+    result.trials_run = count_records(records) - before
+    result.seconds = time.monotonic() - start
+    result.stopped = stop[0] if stop else ""
+    if all(i.best_us is not None for i in infos):
+        result.estimated_ms = sum(i.best_us * i.calls for i in infos) / 1e3
+    if result.stopped == "interrupted":
+        raise TuningInterrupted(result)
+    return result
+
+
+class TuningInterrupted(EdlcError):
+    """Ctrl-C during tuning: the records measured so far are kept."""
+
+    def __init__(self, result: TuneResult):
+        super().__init__(f"tuning interrupted: {count_records(result.records)} records kept in "
+                         f"{result.records}; run the same command to resume")
+        self.result = result
+
+
+def load_tensor_intrinsics(arch: str = "x86") -> None:
+    """Register the tensor intrinsics of one CPU family only. `import tvm.s_tir.tensor_intrin`
+    registers every family (CUDA alone takes ~30 s); MetaSchedule imports it when a tuning
+    context is made and again in each builder process pool (restarted every round), which
+    made a 2-trial tuning run take minutes. The package is entered without its __init__."""
+    import importlib
+    import importlib.util
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        package = types.ModuleType(name)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__file__ = spec.origin
+        sys.modules[name] = package
+    importlib.import_module(f"{name}.{arch}")
+
+
+def build_candidate(mod, target, params):
+    """MetaSchedule's default build, with only the host's tensor intrinsics registered."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    load_tensor_intrinsics(_intrinsic_family(target))
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _intrinsic_family(target) -> str:
+    triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+    return "arm_cpu" if triple.startswith(("aarch64", "arm", "thumb")) else "x86"
+
+
+def _runner(rpc_tracker: str | None, rpc_key: str | None):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if rpc_tracker is None:
+        if rpc_key is not None:
+            raise InputError("--rpc-key needs --rpc-tracker HOST:PORT")
+        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+    if not rpc_key:
+        raise InputError("--rpc-tracker needs --rpc-key KEY (the key the servers registered with)")
+    host, port = parse_tracker(rpc_tracker)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                 session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+
+
+__all__ = ["TaskInfo", "TuneResult", "TuningInterrupted", "count_records", "extract", "parse_duration",
+           "tune"]

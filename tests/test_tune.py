@@ -1,0 +1,132 @@
+"""Tuning with tiny trial counts: tune -> records -> compile, resume after a kill, the RPC path
+on loopback. (Speed is measured in benchmarks/, never here.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edlc
+from edlc.cli import main
+from edlc.tune import count_records, tune
+from tests.conftest import ort_run
+
+QUICK = {"population": 16, "trials_per_iter": 2}
+
+
+def tiny_conv() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _x():
+    return {"x": np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+
+
+def test_tune_then_compile_with_records(tmp_path):
+    model = tiny_conv()
+    result = tune(model, records=tmp_path / "rec", trials=2, **QUICK)
+    assert result.trials_run == 2 and count_records(tmp_path / "rec") == 2
+    assert [t.trials for t in result.tasks] == [2]
+    module = edlc.compile(model, records=tmp_path / "rec")
+    tuning = module.manifest["tuning"]
+    assert tuning["kernels_with_record"] and not tuning["kernels_without_record"]
+    np.testing.assert_allclose(module.run(_x())["y"], ort_run(model, _x())["y"], rtol=1e-4, atol=1e-4)
+    # the same command again has nothing left to do; a larger total continues
+    again = tune(model, records=tmp_path / "rec", trials=2, **QUICK)
+    assert again.trials_before == 2 and again.trials_run == 0
+
+
+def test_compile_reports_missing_records_dir(tmp_path):
+    onnx.save(tiny_conv(), tmp_path / "m.onnx")
+    code = main(["compile", str(tmp_path / "m.onnx"), "--records", str(tmp_path / "nope"), "-o", str(tmp_path / "out")])
+    assert code == 2 and not (tmp_path / "out").exists()
+
+
+def test_killed_tuning_keeps_records_and_resumes(tmp_path):
+    onnx.save(tiny_conv(), tmp_path / "m.onnx")
+    rec = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "edlc.cli", "tune", str(tmp_path / "m.onnx"), "--trials", "6",
+           "--records", str(rec), "--population", "16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while count_records(rec) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = count_records(rec)
+    assert kept >= 2
+    first_lines = (rec / "database_tuning_record.json").read_text().splitlines()[:kept]
+    assert subprocess.run(cmd, capture_output=True, timeout=900).returncode == 0
+    lines = (rec / "database_tuning_record.json").read_text().splitlines()
+    assert len(lines) >= 6 and lines[:kept] == first_lines
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+def test_rpc_tracker_and_server_on_loopback(tmp_path):
+    from tvm import rpc
+
+    port = _free_port()
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        _wait_for_port(port)
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                                   "--key", "edlc-loopback", "--host", "127.0.0.1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while "edlc-loopback" not in str(rpc.connect_tracker("127.0.0.1", port).summary()):
+            assert time.monotonic() < deadline, "the RPC server did not register with the tracker"
+            time.sleep(0.5)
+        result = tune(tiny_conv(), records=tmp_path / "rec", trials=2, rpc_tracker=f"127.0.0.1:{port}",
+                      rpc_key="edlc-loopback", **QUICK)
+        assert result.trials_run == 2
+        assert all(t.best_us is not None for t in result.tasks), "no candidate ran on the RPC server"
+    finally:
+        for p in (server, tracker):
+            if p is not None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--trials", "2", "--rpc-key", "k"], "--rpc-key needs --rpc-tracker"),
+    (["--trials", "2", "--time-budget", "soon"], "time budget 'soon'"),
+])
+def test_tune_usage_errors(tmp_path, capsys, args, message):
+    onnx.save(tiny_conv(), tmp_path / "m.onnx")
+    assert main(["tune", str(tmp_path / "m.onnx"), "--records", str(tmp_path / "rec"), *args]) == 2
+    assert message in capsys.readouterr().err
