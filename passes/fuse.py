@@ -73,28 +73,9 @@ def _start_body(graph: Graph, anchor: Node) -> tuple[Graph, list[Value]]:
         return copy_graph(anchor.attrs["body"], parent=graph), list(anchor.inputs)
     body = Graph(f"{anchor.name}.body", graph.opset, parent=graph)
     external: list[Value] = []
-    bias = anchor.inputs[2] if anchor.op == "Conv" and not anchor.domain and len(anchor.inputs) > 2 else None
-    if bias is not None and bias.is_constant and bias.const.ndim == 1:
-        _conv_bias_as_add(body, anchor, external)
-    else:
-        _copy_into(body, anchor, {}, external)
+    _copy_into(body, anchor, {}, external)
     body.outputs = [body.nodes[-1].outputs[0]]
     return body, external
-
-
-def _conv_bias_as_add(body: Graph, conv: Node, external: list[Value]) -> None:
-    """Conv(x, w, b) as Conv(x, w) + b[C, 1, ..] with the bias shaped at compile time: a bias
-    reshaped inside the kernel is a block that schedules (and MetaSchedule) cannot place."""
-    env: dict[int, Value] = {}
-    bias = conv.inputs[2]
-    stripped = Node(conv.op, list(conv.inputs[:2]), [Value(conv.outputs[0].name, conv.outputs[0].type)],
-                    conv.attrs, name=conv.name, domain=conv.domain)
-    c = _copy_into(body, stripped, env, external)
-    stripped.drop_inputs()
-    rank = len(conv.outputs[0].type.shape) if conv.outputs[0].type and conv.outputs[0].type.shape else 4
-    shaped = bias.const.reshape((-1,) + (1,) * (rank - 2))
-    body.add_node("Add", [c.outputs[0], body.constant(shaped, bias.name)],
-                  output_types=[conv.outputs[0].type], name=f"{conv.name}.bias")
 
 
 def _copy_into(body: Graph, node: Node, env: dict[int, Value], external: list[Value]) -> Node:

@@ -355,9 +355,10 @@ class Graph:
 
         return to_onnx(self, decompose=decompose)
 
-    def op_histogram(self) -> dict[str, int]:
+    def op_histogram(self, nested: bool = False) -> dict[str, int]:
+        """Op -> count over the top-level nodes (with `nested`, subgraphs and fused bodies too)."""
         hist: dict[str, int] = {}
-        for n in self.all_nodes():
+        for n in (self.all_nodes() if nested else self.nodes):
             hist[n.qualified_op] = hist.get(n.qualified_op, 0) + 1
         return dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 

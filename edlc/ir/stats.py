@@ -23,6 +23,16 @@ def node_flops(node: Node) -> int | None:
         return None
     out = sum(outs)
     ins = [v.type.shape if v is not None and v.type is not None else None for v in node.inputs]
+    if node.domain == "edlc" and node.op == "fused":  # an anchor and its epilogues
+        body = [node_flops(n) for n in node.attrs["body"].nodes]
+        return None if any(f is None for f in body) else sum(body)
+    if node.domain == "edlc" and node.op == "Attention" and ins[0] is not None and ins[2] is not None:
+        scores = out // ins[2][-1] * ins[1][-1] if isinstance(ins[1][-1], int) else None
+        return None if scores is None else 2 * scores * ins[0][-1] + 3 * scores + 2 * out * ins[1][-1]
+    if node.domain == "edlc" and node.op == "Conv" and ins[1] is not None:  # NHWC (layout pass)
+        w = _numel(ins[1])
+        cout = node.outputs[0].type.shape[-1]
+        return None if w is None else 2 * out * (w // cout)
     if node.op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") and ins[1] is not None:
         w = ins[1]
         per_out = _numel(w[1:]) if node.op != "ConvTranspose" else _numel(w[2:]) * w[0] // max(node.attrs.get("group", 1), 1)
@@ -45,7 +55,8 @@ class GraphStats:
 
 
 def graph_stats(graph: Graph) -> GraphStats:
-    consts = graph.constants()
+    """Counts over the top-level nodes; weights and FLOPs inside fused groups count too."""
+    consts = list({id(v): v for g in _graphs(graph) for v in g.constants()}.values())
     params = sum(v.const.size for v in consts)
     pbytes = sum(v.const.nbytes for v in consts)
     flops: int | None = 0
@@ -54,7 +65,14 @@ def graph_stats(graph: Graph) -> GraphStats:
         flops = None if f is None or flops is None else flops + f
     sizes = [v.type.nbytes for n in graph.nodes for v in n.outputs if v.type is not None]
     total = None if any(s is None for s in sizes) else sum(sizes)
-    return GraphStats(len(list(graph.all_nodes())), params, pbytes, flops, total, _peak_live_bytes(graph))
+    return GraphStats(len(graph.nodes), params, pbytes, flops, total, _peak_live_bytes(graph))
+
+
+def _graphs(graph: Graph):
+    yield graph
+    for n in graph.nodes:
+        for sub in n.subgraphs:
+            yield from _graphs(sub)
 
 
 def _peak_live_bytes(graph: Graph) -> int | None:

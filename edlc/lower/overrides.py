@@ -158,3 +158,24 @@ def _infinite_reduction(op: str, identity: float) -> None:
 _infinite_reduction("ReduceMax", float("-inf"))
 _infinite_reduction("ReduceMin", float("inf"))
 _guarded("RoiAlign", _no_max_roialign)
+
+
+@register_lowering("Conv")
+def conv_with_shaped_bias(ctx: LowerContext, node, inputs):
+    """A constant bias is shaped [1, C, 1, ..] at compile time: TVM's converter reshapes it in
+    the graph, and inside a fused kernel that reshape is a block neither schedules nor
+    MetaSchedule can place (reverse_compute_at fails on it)."""
+    import numpy as np
+    from tvm import relax
+
+    from edlc.ir.graph import Value
+    from edlc.ir.types import TensorType
+
+    convert = tvm_converter_rule("Conv")
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is None or not bias.is_constant or bias.const.ndim != 1:
+        return convert(ctx, node, inputs)
+    y = convert(ctx, node, inputs[:2])
+    rank = y.ty.ndim if y.ty.ndim > 0 else 4
+    shaped = np.ascontiguousarray(bias.const.reshape((1, -1) + (1,) * (rank - 2)))
+    return ctx.emit(relax.op.add(y, ctx.expr(Value(f"{bias.name}_shaped", TensorType.of(shaped), shaped))))
