@@ -8,6 +8,7 @@ name, shape or dtype gets a clear error instead of a crash inside the VM.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from edlc import artifact
 from edlc.errors import InputError, TargetError
 from edlc.ir.types import numpy_dtype
-from edlc.target import Target
+from edlc.target import Target, get_runner
 
 
 def _fmt(spec: Mapping[str, Any]) -> str:
@@ -68,7 +69,11 @@ class ProfileRow:
 
 
 class Module:
-    """A compiled model. `run` takes and returns dicts keyed by the model's tensor names."""
+    """A compiled model. `run` takes and returns dicts keyed by the model's tensor names.
+
+    For a target whose runner is not "local" (e.g. `arm`: qemu-aarch64), `run` executes the
+    exported bundle through that runner (exporting to a private temporary directory first if
+    the module was never exported); `executable` is None for such a module loaded from disk."""
 
     def __init__(self, executable, manifest: dict[str, Any], params: dict[str, np.ndarray],
                  directory: Path | None = None):
@@ -79,6 +84,7 @@ class Module:
         self.target = Target.from_json(manifest["target"])
         self._vm = None
         self._param_tensors: list | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None  # bundle for a runner
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -94,8 +100,10 @@ class Module:
             from tvm import relax
 
             if self.target.runner != "local":
-                raise TargetError(f"target '{self.target.name}' runs with '{self.target.runner}', "
-                                  "which this edlc cannot start yet")
+                raise TargetError(
+                    f"target '{self.target.name}' runs under '{self.target.runner}': timing and "
+                    "profiling there would measure the emulator, not the board; on the board, "
+                    "run `./run-model --repeat N inputs.npz outputs.npz` in the artifact directory")
             self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
             self._param_tensors = [tvm.runtime.tensor(self.params[n]) for n in self.manifest["params"]]
         return self._vm
@@ -105,6 +113,10 @@ class Module:
         import tvm
 
         arrays = check_inputs(inputs, self.inputs)
+        runner = get_runner(self.target.runner)
+        if runner is not None:
+            named = {s["name"]: a for s, a in zip(self.inputs, arrays)}
+            return runner.run(self._bundle_directory(), self.manifest, named)
         vm = self._machine()
         args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
         result = vm["main"](*args)
@@ -172,12 +184,30 @@ class Module:
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write the artifact directory atomically; returns its path."""
+        if self.executable is None:
+            raise TargetError(f"this module was loaded from {self.directory}; copy that directory "
+                              "instead of exporting it again")
+        runner = get_runner(self.target.runner)
         with artifact.atomic_directory(out) as tmp:
             self.executable.export_library(str(tmp / artifact.LIBRARY), **self._export_options())
             artifact.write_params(tmp, {n: self.params[n] for n in self.manifest["params"]})
+            if runner is not None:
+                extra = runner.bundle(tmp, self.manifest)
+                files = list(self.manifest.get("files", []))
+                self.manifest = {**self.manifest, "files": files + [f for f in extra if f not in files]}
             artifact.write_manifest(tmp, self.manifest)
         self.directory = Path(out)
         return self.directory
+
+    def _bundle_directory(self) -> Path:
+        """An exported artifact directory a runner can execute: the one this module was
+        exported to or loaded from, else a private temporary one."""
+        if self.directory is not None and (self.directory / artifact.MANIFEST).is_file():
+            return self.directory
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="edlc-bundle-")
+            self.export(Path(self._scratch.name) / "artifact")
+        return Path(self._scratch.name) / "artifact"
 
     def _export_options(self) -> dict[str, Any]:
         return {"cc": self.target.cc} if self.target.cc else {}
@@ -204,5 +234,7 @@ def load(directory: str | os.PathLike) -> Module:
 
     d = Path(directory)
     manifest, params = artifact.read_artifact(d)
+    if Target.from_json(manifest["target"]).runner != "local":
+        return Module(None, manifest, params, directory=d)  # built for another machine
     lib = tvm.runtime.load_module(str(d / artifact.LIBRARY))
     return Module(lib, manifest, params, directory=d)

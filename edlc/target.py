@@ -9,11 +9,15 @@ options (`mcpu`, `mattr`) and returns a Target.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edlc.errors import TargetError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -81,3 +85,32 @@ def get_target(target: str | Target, **options: Any) -> Target:
         raise TargetError(f"target '{target}' does not take option(s) {', '.join(unknown)}; "
                           f"it takes {', '.join(accepted) or 'none'}")
     return factory(**given)
+
+
+class Runner(Protocol):
+    """Runs built code somewhere other than this process (an emulator, a board). `bundle` adds
+    what the runner needs to an artifact directory being written and returns the added files;
+    `run` executes an exported artifact directory on inputs and returns its outputs."""
+
+    def bundle(self, directory: Path, manifest: Mapping[str, Any]) -> list[str]: ...
+
+    def run(self, directory: Path, manifest: Mapping[str, Any],
+            inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+_RUNNERS: dict[str, Callable[[], Runner]] = {}
+
+
+def register_runner(name: str, factory: Callable[[], Runner]) -> None:
+    """Register the runner a target names in `Target.runner` (all but "local")."""
+    _RUNNERS[name] = factory
+
+
+def get_runner(name: str) -> Runner | None:
+    """The runner for `Target.runner`; None for "local" (in-process on this host)."""
+    if name == "local":
+        return None
+    _ensure_targets()
+    if name not in _RUNNERS:
+        raise TargetError(f"this edlc cannot run code built for runner '{name}'")
+    return _RUNNERS[name]()

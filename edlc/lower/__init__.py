@@ -97,6 +97,7 @@ class LowerContext:
         self.opset = graph.opset.get("", 17)
         self.bb = relax.BlockBuilder()
         self.env: dict[int, object] = {}
+        self._held: list[Value] = []  # constants in env, kept alive: env is keyed by id()
         self.sym_dims: dict[str, object] = {}
         self.param_vars: list = []
         self.params: dict[str, np.ndarray] = {}
@@ -144,6 +145,7 @@ class LowerContext:
             if not v.is_constant:
                 raise LoweringError(f"value '{v.name}' is read before it is defined")
             self.env[id(v)] = self._constant(v)
+            self._held.append(v)  # a temporary Value's id could otherwise be reused
         return self.env[id(v)]
 
     def _constant(self, v: Value):

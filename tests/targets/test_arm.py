@@ -1,0 +1,183 @@
+"""Target arm: aarch64 Linux, cross-built here and run under qemu-aarch64 through the bundle's
+own `run-model` program, checked against onnxruntime on the host."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edlc
+from edlc.cli import main
+from edlc.errors import TargetError
+from edlc.target import available_targets, get_target
+from edlc.testing import zoo
+from tests.conftest import assert_matches_ort, ort_run, parse
+from tests.targets.test_x86 import CONV
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("qemu-aarch64") and shutil.which("aarch64-linux-gnu-g++")),
+    reason="needs qemu-user and g++-aarch64-linux-gnu (scripts/setup.sh installs them)")
+
+ELF_AARCH64 = 183  # e_machine of an aarch64 ELF
+
+
+def _is_aarch64_elf(path) -> bool:
+    head = path.read_bytes()[:20]
+    return head[:4] == b"\x7fELF" and head[4] == 2 and int.from_bytes(head[18:20], "little") == ELF_AARCH64
+
+
+def _model(nodes, inputs, outputs, inits):
+    g = helper.make_graph(nodes, "g", inputs, outputs,
+                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_arm_target_and_its_options():
+    assert "arm" in available_targets()
+    t = get_target("arm")
+    assert t.tvm == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
+                     "mattr": ["+neon"], "num-cores": 4}
+    assert (t.cc, t.runner) == ("aarch64-linux-gnu-gcc", "qemu-aarch64")
+    t = get_target("arm", mcpu="neoverse-n1", mattr="+dotprod,i8mm,+fp16")
+    assert t.tvm["mcpu"] == "neoverse-n1"
+    assert t.tvm["mattr"] == ["+neon", "+dotprod", "+i8mm", "+fp16"]
+    assert t.features == {"neon": True, "dotprod": True, "i8mm": True, "fp16": True}
+    for mcpu in ("cortex-a53", "cortex-a76"):
+        assert get_target("arm", mcpu=mcpu).tvm["mcpu"] == mcpu
+    with pytest.raises(TargetError, match="cortex-a9"):
+        get_target("arm", mcpu="cortex-a9")
+    with pytest.raises(TargetError, match="sve"):
+        get_target("arm", mattr="+sve")
+
+
+def test_conv_relu_runs_under_qemu_and_exports_a_board_bundle(tmp_path, rng):
+    model = parse(CONV)
+    m = edlc.compile(model, target="arm")
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert_matches_ort(m, model, {"x": x})  # exports to a temporary bundle, runs it in qemu
+    out = m.export(tmp_path / "art")
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert names == {"manifest.json", "model.so", "params.npz", "run-model",
+                     "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"}
+    for f in ("model.so", "run-model", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"):
+        assert _is_aarch64_elf(out / f), f
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"]["name"] == "arm" and manifest["target"]["runner"] == "qemu-aarch64"
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    m2 = edlc.load(out)
+    assert m2.executable is None  # an aarch64 library is not loaded into this process
+    y = m.run({"x": x})["y"]
+    np.testing.assert_array_equal(m2.run({"x": x})["y"], y)
+    # as on the board: ./run-model in the bundle, no Python
+    np.savez(tmp_path / "in.npz", x=x)
+    np.savez(tmp_path / "bad.npz", x=x[..., :4])
+    qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "./run-model"]
+    r = subprocess.run(qemu + ["--repeat", "2", str(tmp_path / "in.npz"), str(tmp_path / "o.npz")],
+                       cwd=out, capture_output=True, text=True)
+    assert r.returncode == 0 and "latency: median" in r.stdout, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["y"], y)
+    r = subprocess.run(qemu + [str(tmp_path / "bad.npz"), str(tmp_path / "o.npz")],
+                       cwd=out, capture_output=True, text=True)
+    assert r.returncode == 2 and "expected x: float32[1, 3, 8, 8]" in r.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_matmul_gelu_and_outputs_of_several_dtypes_and_ranks(rng):
+    """MatMul + Add + exact GELU (erf form), a symbolic batch, float, int64 and 0-d outputs:
+    run-model writes every output under its name, in the model's order."""
+    w = (rng.standard_normal((32, 16)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    c = {"w": w, "b": b, "sqrt2": np.array(np.sqrt(2), np.float32),
+         "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["z"]),
+             helper.make_node("Div", ["z", "sqrt2"], ["t"]),
+             helper.make_node("Erf", ["t"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]),
+             helper.make_node("Mul", ["z", "half"], ["h"]),
+             helper.make_node("Mul", ["h", "a"], ["y"]),
+             helper.make_node("ArgMax", ["y"], ["idx"], axis=1, keepdims=0),
+             helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)]
+    model = _model(nodes, [_vi("x", ["N", 32])],
+                   [_vi("y", ["N", 16]), _vi("idx", ["N"], TensorProto.INT64), _vi("total", [])], c)
+    m = edlc.compile(model, target="arm")
+    assert m.inputs[0]["shape"] == ["N", 32]  # run-model binds the symbolic dim from the input
+    for n in (4, 1):
+        x = rng.standard_normal((n, 32)).astype(np.float32)
+        assert_matches_ort(m, model, {"x": x})
+
+
+def test_resnet18_small_image_matches_onnxruntime():
+    model = zoo.resnet18(image=32)
+    m = edlc.compile(model, target="arm", target_options={"mcpu": "cortex-a76", "mattr": "+dotprod"})
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert_matches_ort(m, model, {"input": x})
+
+
+def test_cli_compile_and_run(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(CONV), path)
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "--target", "arm", "--mcpu", "cortex-a53", "-o", str(out)]) == 0
+    assert _is_aarch64_elf(out / "run-model")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    assert main(["run", str(out), "--inputs", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "o.npz")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["y"],
+                               ort_run(parse(CONV), {"x": x})["y"], rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert main(["run", str(out), "--repeat", "3"]) == 2  # timing under emulation: refused
+    assert "run-model --repeat" in capsys.readouterr().err
+
+
+def test_cli_bad_mcpu_exits_2(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(CONV), path)
+    assert main(["compile", str(path), "--target", "arm", "--mcpu", "cortex-a9",
+                 "-o", str(tmp_path / "out")]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edlc: error:")]
+    assert len(errors) == 1 and "cortex-a9" in errors[0] and "cortex-a72" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_qemu_and_failing_runner_are_edlc_errors(tmp_path, monkeypatch, capsys):
+    import edlc.targets.arm as arm
+
+    m = edlc.compile(parse(CONV), target="arm")
+    out = m.export(tmp_path / "art")
+    x = {"x": np.zeros((1, 3, 8, 8), np.float32)}
+    monkeypatch.setattr(arm, "QEMU", "qemu-aarch64-not-installed")
+    with pytest.raises(TargetError, match="qemu-aarch64-not-installed is not installed"):
+        m.run(x)
+    monkeypatch.undo()
+    (out / "model.so").write_bytes(b"not an ELF file")  # the board program fails
+    with pytest.raises(TargetError, match="run-model failed under qemu-aarch64.*exit status 1"):
+        edlc.load(out).run(x)
+    assert main(["run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "edlc: error: run-model failed" in err and "Traceback" not in err
+
+
+def test_runtime_not_cached_and_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from edlc.targets import arm_runtime
+
+    monkeypatch.setenv("EDLC_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(TargetError, match="not in .*scripts/setup.sh"):
+        arm_runtime.ensure_runtime(download=False)
+    pip_output = "ERROR: Could not find a version that satisfies the requirement apache-tvm\n"
+    monkeypatch.setattr(arm_runtime, "_pip",
+                        lambda cmd: subprocess.CompletedProcess(cmd, 1, "", pip_output))
+    with pytest.raises(TargetError, match="could not download the aarch64 wheels.*setup.sh"):
+        arm_runtime.ensure_runtime()
+    assert not list((tmp_path / "cache" / "aarch64").iterdir())  # nothing half-written
