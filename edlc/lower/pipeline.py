@@ -1,5 +1,5 @@
 """The Relax -> VM-ready pipeline edlc builds with: TVM's default build passes, plus edlc's
-fusion step, minus what breaks.
+fusion step and default schedules, minus what breaks.
 
 - Fusion: TVM's default CPU build fuses nothing. After legalization each `edlc.fused` group
   (a Primitive function) has its constants lifted to parameters and FuseTIR makes it one
@@ -87,11 +87,14 @@ def is_scheduled(func) -> bool:
 
 
 def finish(mod, target):
-    """TVM's default build passes; the module is then ready for
-    `tvm.compile(..., relax_pipeline=None)`."""
+    """edlc's default schedules for the kernels tuning records did not schedule, then TVM's
+    default build passes; the module is then ready for `tvm.compile(..., relax_pipeline=None)`."""
     import tvm
 
+    from edlc.schedules import apply_default_schedules
+
     with target:
+        mod = apply_default_schedules(mod, target)
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
     return drop_unused_kernels(mod)
 

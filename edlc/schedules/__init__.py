@@ -1,0 +1,126 @@
+"""edlc's default CPU schedules: good code without tuning.
+
+TVM 0.27 applies no schedule on CPU, so every kernel would be a naive scalar loop nest. This
+package schedules each PrimFunc of a module by recognizing its blocks structurally:
+
+- inline.py: the elementwise blocks FuseTIR leaves around an anchor are inlined;
+- contraction.py: conv2d (NCHW / NHWC), depthwise conv, dense, matmul and batch matmul get a
+  register-tiled, vectorized, parallel loop nest with padding and epilogue fused at the tile;
+- reduction.py: pooling, mean, softmax and layer-norm statistics run vectorized across output
+  elements and parallel;
+- elementwise.py: everything else spatial is vectorized and parallelized (transposes in tiles);
+- fastmath.py: float32 erf / exp / sigmoid become vectorizable approximations (~1e-7 error).
+
+A rule that does not apply leaves its block alone; a PrimFunc on which scheduling fails is left
+unscheduled. Scheduled PrimFuncs get the attribute "tirx.is_scheduled" (what TVM 0.27 checks),
+and PrimFuncs that already carry it (or "tir.is_scheduled") are skipped.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from edlc.schedules import contraction, elementwise, reduction
+from edlc.schedules.analysis import CPU, block_info, cpu_of, root_blocks, unsupported_dtypes
+from edlc.schedules.fastmath import fast_math
+from edlc.schedules.inline import inline_elementwise
+
+__all__ = ["apply_default_schedules", "schedule_primfunc"]
+
+SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
+
+
+def _is_scheduled(func: tirx.PrimFunc) -> bool:
+    attrs = func.attrs
+    return attrs is not None and any(bool(attrs.get(k, False)) for k in SCHEDULED_ATTRS)
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Return `mod` with every unscheduled PrimFunc scheduled for the CPU `target` (marked
+    "tirx.is_scheduled"). Never raises: a PrimFunc no rule can schedule is kept as it was.
+    Targets these rules are not for (GPUs, C source, microcontrollers) get `mod` back."""
+    try:
+        cpu = cpu_of(target)
+    except Exception:  # noqa: BLE001  an exotic target must not break the build
+        return mod
+    if cpu is None:
+        return mod
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+            continue
+        try:
+            scheduled = schedule_primfunc(func, cpu)
+        except Exception:  # noqa: BLE001  leave this kernel unscheduled, keep going
+            scheduled = None
+        if scheduled is not None:
+            updates[gv] = scheduled
+    if not updates:
+        return mod
+    functions = {gv: updates.get(gv, f) for gv, f in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def schedule_primfunc(func: tirx.PrimFunc, cpu: CPU) -> tirx.PrimFunc | None:
+    """The PrimFunc scheduled (and marked), or None if no rule applied."""
+    if unsupported_dtypes(func):
+        return None
+    sch = s_tir.Schedule(fast_math(func))
+    anchors = []
+    for rv in root_blocks(sch):
+        c = contraction.match(sch, rv)
+        if c is not None:
+            anchors.append(c.info.name)
+    inline_elementwise(sch, lambda rv: sch.get(rv).name_hint in anchors)
+
+    changed = False
+    for name in anchors:
+        trial = sch.copy()
+        try:
+            rv = trial.get_sblock(name)
+            c = contraction.match(trial, rv)
+            p = contraction.plan(c, cpu) if c is not None else None
+            if p is None:
+                continue
+            contraction.apply(trial, c, p, cpu)
+        except Exception:  # noqa: BLE001  this anchor stays unscheduled
+            continue
+        sch, changed = trial, True
+
+    for rv in _free_blocks(sch):
+        info = block_info(sch, rv)
+        if info is None:
+            continue
+        rule = elementwise.apply if info.is_spatial else reduction.apply
+        trial = sch.copy()
+        try:
+            done = rule(trial, block_info(trial, rv), cpu)
+        except Exception:  # noqa: BLE001  this block stays unscheduled
+            continue
+        if done:
+            sch, changed = trial, True
+    if not changed:
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _free_blocks(sch: s_tir.Schedule) -> list:
+    """Blocks still alone in their own serial loop nest (not placed under a scheduled one)."""
+    nests: dict = {}
+    blocks = []
+    for rv in root_blocks(sch):
+        loops = sch.get_loops(rv)
+        if not loops:
+            continue
+        top = sch.get(loops[0])
+        nests.setdefault(top, []).append(rv)
+        blocks.append((rv, top, loops))
+    free = []
+    for rv, top, loops in blocks:
+        if len(nests[top]) > 1:
+            continue
+        if any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in loops):
+            continue
+        free.append(rv)
+    return free

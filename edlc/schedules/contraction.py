@@ -1,0 +1,341 @@
+"""Register-tiled schedule for contractions: conv2d (NCHW or NHWC, OIHW / OHWI / HWIO weights),
+depthwise conv, dense, matmul and batch matmul, with their padding and fused epilogue.
+
+They share one form, `O[s...] += X[...] * Y[...]`, and one good CPU loop nest:
+
+    parallel(outer spatial, j-tile)        <- weight tile packed here when needed
+      i-tile                               <- epilogue (bias, residual, activation) here
+        reduction loops (c, kh, kw / k)
+          i in Xb (unrolled)               <- register block
+            j in T (vectorized)            <- vector lanes
+
+`j` is the spatial axis only one factor carries (output channels of a conv, columns of a
+matmul), so that factor gives a vector and the other a broadcast scalar that is reused T times;
+`i` is an axis only the other factor carries (output width, matmul rows), reusing the vector Xb
+times. Xb x T accumulators stay in registers (a local buffer whose j dim is innermost). When the
+j factor is not contiguous in j (OIHW / OHWI weights, a transposed matmul operand), the slab
+one parallel iteration needs is copied into a j-innermost layout inside the kernel: a read of
+the weights that the kernel makes anyway, so the weights can stay constants in any layout.
+Depthwise convs (no such j) vectorize the output's innermost axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+
+from edlc.schedules.analysis import (
+    CPU,
+    BlockInfo,
+    Load,
+    block_info,
+    divisors_desc,
+    has_if_then_else,
+    is_param,
+    vars_in,
+    vector_unsafe,
+)
+
+
+@dataclass
+class Contraction:
+    info: BlockInfo
+    out_vars: list[str]  # iter var names indexing the output, outermost first
+    factors: list  # the two multiplied expressions
+    intermediates: set  # names of the buffers the PrimFunc allocates
+
+
+@dataclass
+class Plan:
+    j: str  # vectorized axis
+    T: int  # vector tile
+    i: str | None  # register-blocked axis
+    Xb: int
+    pack: tuple | None  # (buffer, dim of j, its other spatial vars) of the factor to repack
+    phase: tuple | None = None  # (padded buffer, stride) to store split by x % stride
+
+
+def _strip_cast(e):
+    return e.value if isinstance(e, tirx.Cast) else e
+
+
+def match(sch: s_tir.Schedule, rv) -> Contraction | None:
+    """`O[s...] = O[s...] + X * Y` over spatial and reduction vars, O indexed by plain vars."""
+    info = block_info(sch, rv)
+    if info is None or not info.reduce or info.block.init is None:
+        return None
+    store = info.store
+    if store is None or not all(isinstance(ix, tirx.Var) for ix in store.indices):
+        return None
+    out_vars = [ix.name for ix in store.indices]
+    spatial = {v.name for v in info.spatial}
+    if set(out_vars) != spatial or len(out_vars) != len(spatial):
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add):
+        return None
+    for acc, prod in ((value.a, value.b), (value.b, value.a)):
+        acc = _strip_cast(acc)
+        if (isinstance(acc, Load) and acc.source.same_as(store.buffer)
+                and all(a.same_as(b) for a, b in zip(acc.indices, store.indices))):
+            prod = _strip_cast(prod)
+            if isinstance(prod, tirx.Mul):
+                allocs = sch.mod["main"].body.block.alloc_buffers
+                return Contraction(info, out_vars, [prod.a, prod.b], {b.name for b in allocs})
+    return None
+
+
+# a j-tile of the vector factor this small (T x reduction floats) stays in L1 whatever the
+# register block, so a wider block (more accumulators) pays off; measured on 1x1 convs
+_SMALL_TILE_BYTES = 12 * 1024
+
+
+def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30) -> tuple[int, int] | None:
+    """(T, Xb): vector tile over j and register block over i, keeping enough independent
+    accumulators to cover the FMA latency without spilling (`e_r`: reduction length)."""
+    lanes, regs = cpu.lanes, cpu.vector_regs
+    tiles = [t for t in (2 * lanes, lanes) if e_j % t == 0]
+    if not tiles:
+        if e_j <= 2 * lanes:
+            tiles = [e_j]
+        else:
+            tiles = [d for d in divisors_desc(e_j, 2 * lanes) if d >= max(2, lanes // 2)][:1]
+    if not tiles:
+        return None
+    max_acc = regs // 2 + 2
+    best, best_score = None, None
+    for t in tiles:
+        nv = -(-t // lanes)
+        cap = max_acc
+        if nv >= 2 and t * e_r * 4 <= _SMALL_TILE_BYTES:
+            cap = max(max_acc, min(regs - 2, 14))
+        xb = divisors_desc(e_i, max(1, cap // nv))[0]
+        nacc = nv * xb
+        score = (min(nacc, cap), nacc / (nv + xb))
+        if best_score is None or score > best_score:
+            best, best_score = (t, xb), score
+    return best
+
+
+def _access(factor, var: str) -> str:
+    """How a factor reads along `var`: "contiguous" (var, or var + something, in its last dim),
+    "pack" (plain var in another dim: worth repacking), or "gather"."""
+    load = _strip_cast(factor)
+    if not isinstance(load, Load):
+        return "gather"
+    dims = [d for d, ix in enumerate(load.indices) if var in {v.name for v in vars_in(ix)}]
+    if len(dims) != 1:
+        return "gather"
+    ix = load.indices[dims[0]]
+    plain = isinstance(ix, tirx.Var)
+    if dims[0] == len(load.indices) - 1:
+        if plain or (isinstance(ix, tirx.Add) and any(
+                isinstance(t, tirx.Var) and t.name == var and var not in
+                {v.name for v in vars_in(o)} for t, o in ((ix.a, ix.b), (ix.b, ix.a)))):
+            return "contiguous"
+        return "gather"
+    return "pack" if plain else "gather"
+
+
+def _stride(factor, var: str) -> tuple | None:
+    """(buffer, s) when the factor reads its last dim at `var * s + r` (a strided conv)."""
+    load = _strip_cast(factor)
+    if not isinstance(load, Load):
+        return None
+    ix = load.indices[-1]
+    terms = [ix.a, ix.b] if isinstance(ix, tirx.Add) else [ix]
+    for t, rest in zip(terms, terms[::-1]):
+        if (isinstance(t, tirx.Mul) and isinstance(t.a, tirx.Var) and t.a.name == var
+                and isinstance(t.b, tirx.IntImm) and t.b.value > 1
+                and (rest is t or var not in {v.name for v in vars_in(rest)})):
+            return load.source, int(t.b.value)
+    return None
+
+
+def plan(c: Contraction, cpu: CPU) -> Plan | None:
+    """Choose the vector axis j, the register axis i and their tiles.
+
+    j, in order of preference: the output's innermost axis if one factor reads it contiguously
+    and it fills whole vectors (matmul columns, NCHW conv width, NHWC conv channels with HWIO
+    weights); else the one axis only the weight-like factor carries, repacked if needed (NCHW
+    conv channels when the width is narrow or strided, NHWC with OHWI weights, a transposed
+    matmul operand); else the output's innermost axis (depthwise conv).
+    """
+    info = c.info
+    ext = {v.name: e for v, e in zip(info.vars, info.extents)}
+    names = set(ext)
+    out = [v for v in c.out_vars if ext[v] > 1]
+    if not out:
+        return None
+    uses = [{v.name for v in vars_in(f)} & names for f in c.factors]
+    private = [[v for v in out if v in uses[k] and v not in uses[1 - k]] for k in (0, 1)]
+    kind = {(v, k): _access(c.factors[k], v) for k in (0, 1) for v in private[k]}
+    phase = {}  # strided reads of an intermediate (padded) buffer: split it into phases
+    for (v, k), a in kind.items():
+        st = _stride(c.factors[k], v) if a == "gather" else None
+        if st is not None and st[0].name in c.intermediates and \
+                int(st[0].shape[-1]) % st[1] == 0:
+            phase[(v, k)] = st
+            kind[(v, k)] = "contiguous"
+    choice = next(((v, k) for (v, k), a in kind.items() if v == out[-1] and a == "contiguous"
+                   and ext[v] % cpu.lanes == 0), None)
+    if choice is None:
+        single = sorted(((v, k) for (v, k), a in kind.items()
+                         if len(private[k]) == 1 and a in ("contiguous", "pack")),
+                        key=lambda vk: vk[0] != out[-1])
+        choice = single[0] if single else None
+    if choice is None:
+        choice = next(((v, k) for (v, k), a in kind.items() if a == "contiguous"), None)
+    j, owner = choice if choice is not None else (out[-1], None)
+    others = private[1 - owner] if owner is not None and private[1 - owner] else \
+        [v for v in out if v != j]
+    i = others[-1] if others else None
+    tiles = _choose_tiles(ext[j], ext[i] if i else 1, cpu,
+                          math.prod(ext[v.name] for v in info.reduce))
+    if tiles is None:
+        return None
+    t, xb = tiles
+    pack = None
+    load = _strip_cast(c.factors[owner]) if owner is not None else None
+    if owner is not None and kind[(j, owner)] == "pack":
+        dim = next(d for d, ix in enumerate(load.indices) if isinstance(ix, tirx.Var)
+                   and ix.name == j)
+        pack = (load.source, dim, sorted(uses[owner] - {j}))
+    elif (owner is not None and private[owner] == [j] and isinstance(load, Load)
+          and isinstance(load.indices[-1], tirx.Var) and i is not None and ext[i] >= 4 * xb):
+        # a weight already j-innermost: its rows are a whole row of the tensor apart, which
+        # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1
+        pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
+    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)))
+
+
+def _j_innermost(ndim: int, dim: int, t: int):
+    """Index map splitting `dim` by t, its outer part in place and its inner part last."""
+    def fn(*idx):
+        return [idx[d] // t if d == dim else idx[d] for d in range(ndim)] + [idx[dim] % t]
+
+    return tirx.IndexMap.from_func(fn, ndim=ndim)
+
+
+def _phase_split(ndim: int, stride: int):
+    """x -> (x % stride, x // stride) on the last dim: a stride-s read becomes contiguous."""
+    def fn(*idx):
+        return [*idx[:-1], idx[-1] % stride, idx[-1] // stride]
+
+    return tirx.IndexMap.from_func(fn, ndim=ndim)
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def loops_below(sch, rv, loop) -> list:
+    """The loops of block `rv` nested inside `loop`."""
+    loops = sch.get_loops(rv)
+    target = sch.get(loop)
+    for k, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return list(loops[k + 1:])
+    return []
+
+
+def _read_index(sch, rv, buffer) -> int:
+    return next(k for k, r in enumerate(sch.get(rv).reads) if r.source.same_as(buffer))
+
+
+def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU) -> None:
+    """Schedule the contraction in place; raises ScheduleError where a step does not apply
+    (the caller works on a copy of the schedule)."""
+    rv, info = c.info.rv, c.info
+    func = sch.mod["main"]
+    if vector_unsafe(info.store.value):
+        raise ValueError("the contraction reads through a call that cannot be vectorized")
+    loop = {v.name: lp for v, lp in zip(info.vars, info.loops)}
+    jo, ji = sch.split(loop[p.j], [None, p.T])
+    io = ii = None
+    if p.i is not None:
+        io, ii = sch.split(loop[p.i], [None, p.Xb])
+    # the loops the packed weight tile depends on go outermost, so that one parallel
+    # iteration packs its tile once and reuses it across all the others
+    pack_vars = set() if p.pack is None else set(p.pack[2])
+    order = [v for v in c.out_vars if v != p.i]
+    if p.pack is not None:
+        order = [v for v in order if v == p.j or v in pack_vars] + \
+            [v for v in order if v != p.j and v not in pack_vars]
+    outer = [jo if v == p.j else loop[v] for v in order]
+    reduce = [loop[v.name] for v in info.reduce]
+    sch.reorder(*outer, *([io] if io is not None else []), *reduce,
+                *([ii] if ii is not None else []), ji)
+    n_pack = sum(1 for v in order if v == p.j or v in pack_vars) if p.pack else len(outer)
+    # parallelize the fewest outer loops that give every core a few iterations
+    n_par = n_pack
+    while n_par < len(outer) and math.prod(_extent(sch, lp) for lp in outer[:n_par]) \
+            < 4 * cpu.cores:
+        n_par += 1
+    par = sch.fuse(*outer[:n_par]) if n_par > 1 else outer[0]
+    rest = outer[n_par:]
+    tile = rest[-1] if rest else par
+    if io is not None:
+        if not rest and _extent(sch, par) < 4 * cpu.cores and _extent(sch, io) > 1:
+            par = tile = sch.fuse(par, io)
+        else:
+            tile = io
+    if cpu.cores > 1 and _extent(sch, par) > 1:
+        sch.parallel(par)
+
+    if p.pack is not None:
+        buffer, dim, _ = p.pack
+        packed = sch.cache_read(rv, _read_index(sch, rv, buffer), "global")
+        if dim != len(buffer.shape) - 1:
+            sch.transform_layout(packed, ("write", 0),
+                                 _j_innermost(len(buffer.shape), dim, p.T))
+        sch.compute_at(packed, par, preserve_unit_loops=True)
+        pack_loops = loops_below(sch, packed, par)
+        if len(pack_loops) == len(buffer.shape) and dim != len(pack_loops) - 1:
+            sch.reorder(*[lp for d, lp in enumerate(pack_loops) if d != dim], pack_loops[dim])
+        elif len(pack_loops) == len(buffer.shape):
+            sch.vectorize(pack_loops[-1])
+
+    for producer in sch.get_producers(rv):
+        block = sch.get(producer)
+        if (len(sch.get_consumers(producer)) == 1 and isinstance(block.body, tirx.BufferStore)
+                and has_if_then_else(block.body.value) and len(sch.get_loops(producer)) > 0
+                and all(iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars)):
+            with contextlib.suppress(s_tir.ScheduleError):
+                sch.compute_at(producer, rest[-1] if rest else par)
+
+    if p.phase is not None:
+        buffer, stride = p.phase
+        writer = next(b for b in sch.get_producers(rv)
+                      if sch.get(b).writes[0].source.same_as(buffer))
+        sch.transform_layout(writer, ("write", 0), _phase_split(len(buffer.shape), stride))
+
+    out_buffer = info.store.buffer
+    consumers = sch.get_consumers(rv)
+    epilogue = None
+    if not is_param(func, out_buffer) and len(consumers) == 1:
+        cons = block_info(sch, consumers[0])
+        if cons is not None and cons.is_spatial:
+            try:
+                sch.reverse_compute_at(consumers[0], tile)
+                epilogue = consumers[0]
+                sch.set_scope(rv, 0, "local")
+            except s_tir.ScheduleError:
+                epilogue = None
+    if epilogue is None:
+        epilogue = sch.cache_write(rv, 0, "local")
+        sch.reverse_compute_at(epilogue, tile)
+    j_dim = c.out_vars.index(p.j)
+    if j_dim != len(c.out_vars) - 1:
+        sch.transform_layout(rv, ("write", 0), _j_innermost(len(c.out_vars), j_dim, p.T))
+
+    sch.vectorize(ji)
+    if ii is not None:
+        sch.unroll(ii)
+    sch.decompose_reduction(rv, reduce[0])
+    below = loops_below(sch, epilogue, tile)
+    if below and 1 < _extent(sch, below[-1]) <= 64 and not vector_unsafe(sch.get(epilogue).body):
+        sch.vectorize(below[-1])
