@@ -193,6 +193,7 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
     start = time.monotonic()
     callback = _progress_callback(infos, remaining, start, time_budget_s, progress, stop)
     cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
+    runner = _runner(rpc_tracker, rpc_key)
     try:
         ms.tune_tasks(
             tasks=contexts,
@@ -201,7 +202,7 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
             max_trials_global=remaining,
             num_trials_per_iter=min(trials_per_iter, remaining),
             builder=ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate),
-            runner=_runner(rpc_tracker, rpc_key),
+            runner=runner,
             database=ms.database.JSONDatabase(work_dir=str(records)),
             cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                               adaptive_training=True, num_tuning_cores=cores),
@@ -212,6 +213,10 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
         )
     except KeyboardInterrupt:
         stop.append("interrupted")
+    finally:
+        pool = getattr(runner, "pool", None)  # its worker processes outlive the run otherwise
+        if pool is not None:
+            pool.shutdown()
     result.trials_run = count_records(records) - before
     result.seconds = time.monotonic() - start
     result.stopped = stop[0] if stop else ""
