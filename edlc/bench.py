@@ -330,8 +330,8 @@ def model_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None) 
 def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
                  opt_level: int = 2, target: str = "x86") -> dict[str, float]:
     """FLOPs per call of each kernel `edlc.compile(model, ...)` builds, keyed by kernel name:
-    the same import, passes, lowering and preparation as the build, stopped before code
-    generation, then TVM's `estimate_tir_flops` per PrimFunc (every float op counts one)."""
+    the same import, passes, lowering and fusion as the build, before schedules (whose weight
+    tiles and copies would blur the count), then TVM's `estimate_tir_flops` per PrimFunc."""
     import tvm
     from tvm import tirx
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -343,7 +343,7 @@ def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     graph, _ = optimize(import_model(model, input_shapes), opt_level)
     lowered = lower(graph)
     with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
-        mod = pipeline.prepare(lowered.mod, get_target(target).tvm_target())
+        mod = pipeline.fuse(lowered.mod, get_target(target).tvm_target())
     out: dict[str, float] = {}
     for gv, f in mod.functions.items():
         if isinstance(f, tirx.PrimFunc):
