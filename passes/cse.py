@@ -82,17 +82,6 @@ def node_key(node: Node) -> Hashable | None:
     return (node.qualified_op, inputs, len(node.outputs), attrs)
 
 
-def _nested_outputs(graph: Graph) -> set[int]:
-    """ids of values that subgraphs below `graph` (any depth) name as outputs: redirecting
-    uses does not reach those names, so their producers stay."""
-    ids: set[int] = set()
-    for node in graph.nodes:
-        for sub in node.subgraphs:
-            ids.update(id(v) for v in sub.outputs)
-            ids |= _nested_outputs(sub)
-    return ids
-
-
 def _merge_constants(graph: Graph) -> bool:
     """Readers of a constant equal to an earlier one read the earlier one. Only constants
     that nothing outside this graph reads take part (no new sharing across scopes)."""
@@ -111,7 +100,7 @@ def _merge_constants(graph: Graph) -> bool:
 
 def _merge_nodes(graph: Graph) -> bool:
     """One sweep in topological order: a merged node's readers then match later nodes too."""
-    pinned = _nested_outputs(graph) | {id(v) for v in graph.outputs}
+    pinned = graph.nested_output_ids() | {id(v) for v in graph.outputs}
     first: dict[Hashable, Node] = {}
     modified = False
 

@@ -115,17 +115,6 @@ def _types_agree(a: TensorType | None, b: TensorType | None) -> bool:
         isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(a.shape, b.shape))
 
 
-def _nested_outputs(graph: Graph) -> set[int]:
-    """ids of the values that subgraphs below `graph`'s nodes (any depth) name as outputs.
-    Redirecting uses does not reach those names, so such values are never replaced."""
-    ids: set[int] = set()
-    for node in graph.nodes:
-        for sub in node.subgraphs:
-            ids.update(id(v) for v in sub.outputs)
-            ids |= _nested_outputs(sub)
-    return ids
-
-
 class _Guard:
     """The checks every rule shares, made when the rewrite is about to happen (they need the
     graph, which a rule's check does not see)."""
@@ -134,7 +123,7 @@ class _Guard:
         self._pinned: dict[int, set[int]] = {}
 
     def allows(self, graph: Graph, root: Node, new: Sequence[Value]) -> bool:
-        pinned = self._pinned.setdefault(id(graph), _nested_outputs(graph))
+        pinned = self._pinned.setdefault(id(graph), graph.nested_output_ids())
         for o, n in zip(root.outputs, new):
             if n is o:
                 continue

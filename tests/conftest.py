@@ -33,6 +33,21 @@ def assert_matches_ort(module, model: onnx.ModelProto, inputs: dict[str, np.ndar
         np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
 
 
+def make_model(nodes, inputs, outputs, inits: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
+    """A checked model from onnx.helper nodes, value infos and named initializer arrays."""
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(nodes, "g", inputs, outputs,
+                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def tensor_info(name: str, shape, elem: int = onnx.TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, elem, shape)
+
+
 def parse(text: str) -> onnx.ModelProto:
     """A model from ONNX text syntax, checked."""
     model = onnx.parser.parse_model(text)

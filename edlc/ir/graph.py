@@ -280,6 +280,16 @@ class Graph:
         ids.update(id(v) for v in self.values() if v.is_constant)
         return ids
 
+    def nested_output_ids(self) -> set[int]:
+        """ids of the values that subgraphs below this graph's nodes (any depth) name as their
+        outputs: redirecting uses does not reach those names, so passes keep such values."""
+        ids: set[int] = set()
+        for node in self.nodes:
+            for sub in node.subgraphs:
+                ids.update(id(v) for v in sub.outputs)
+                ids |= sub.nested_output_ids()
+        return ids
+
     def free_values(self) -> list[Value]:
         """Values read inside this graph (or its subgraphs) but defined outside it."""
         defined = self.defined_values()

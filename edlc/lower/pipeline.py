@@ -99,11 +99,6 @@ def finish(mod, target):
     return drop_unused_kernels(mod)
 
 
-def prepare(mod, target):
-    """`fuse` then `finish`: the whole pipeline for an untuned build."""
-    return finish(fuse(mod, target), target)
-
-
 def drop_unused_kernels(mod):
     """FuseTIR leaves the pieces of each fused function behind; building them would waste
     time and code, and counting them would misreport the kernels."""

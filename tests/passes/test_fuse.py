@@ -2,23 +2,11 @@
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import edlc
 from edlc.pass_manager import PassManager
-from tests.conftest import ort_run
-
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs,
-                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(m)
-    return m
-
-
-def _vi(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+from tests.conftest import make_model, ort_run, tensor_info
 
 
 def _fuse(model):
@@ -41,7 +29,7 @@ def conv_block(rng):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
              helper.make_node("Add", ["c", "x"], ["a"], name="residual"),
              helper.make_node("Relu", ["a"], ["y"], name="relu")]
-    return _model(nodes, [_vi("x", [1, 8, 10, 10])], [_vi("y", [1, 8, 10, 10])], {"w": w, "b": b})
+    return make_model(nodes, [tensor_info("x", [1, 8, 10, 10])], [tensor_info("y", [1, 8, 10, 10])], {"w": w, "b": b})
 
 
 def test_conv_residual_relu_is_one_group_and_one_kernel(rng):
@@ -63,7 +51,7 @@ def test_matmul_bias_silu(rng):
              helper.make_node("Add", ["b", "mm"], ["h"]),
              helper.make_node("Sigmoid", ["h"], ["s"]),
              helper.make_node("Mul", ["s", "h"], ["y"])]
-    model = _model(nodes, [_vi("x", [2, 4, 16])], [_vi("y", [2, 4, 32])], {"w": w, "b": b})
+    model = make_model(nodes, [tensor_info("x", [2, 4, 16])], [tensor_info("y", [2, 4, 32])], {"w": w, "b": b})
     g, _ = _fuse(model)
     assert [n.attrs.get("kind") for n in g.nodes] == ["MatMul+Add+SiLU"]
     x = rng.standard_normal((2, 4, 16)).astype(np.float32)
@@ -77,7 +65,7 @@ def test_gemm_clip_and_hardswish(rng):
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
              helper.make_node("Clip", ["g", "lo", "hi"], ["c"]),
              helper.make_node("HardSwish", ["c"], ["y"])]
-    model = _model(nodes, [_vi("x", [4, 16])], [_vi("y", [4, 32])], {"w": w, "b": b, "lo": lo, "hi": hi})
+    model = make_model(nodes, [tensor_info("x", [4, 16])], [tensor_info("y", [4, 32])], {"w": w, "b": b, "lo": lo, "hi": hi})
     g, _ = _fuse(model)
     assert [n.attrs.get("kind") for n in g.nodes] == ["Gemm+Clip+HardSwish"]
     _check(g, model, {"x": rng.standard_normal((4, 16)).astype(np.float32)})
@@ -91,7 +79,7 @@ def test_rejections_say_why(rng):
              helper.make_node("Add", ["r", "c"], ["y"], name="add_both"),
              helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2"),
              helper.make_node("Add", ["c2", "big"], ["z"], name="broadcast_add")]
-    model = _model(nodes, [_vi("x", [1, 8, 4, 4])], [_vi("y", [1, 8, 4, 4]), _vi("z", [3, 8, 4, 4])],
+    model = make_model(nodes, [tensor_info("x", [1, 8, 4, 4])], [tensor_info("y", [1, 8, 4, 4]), tensor_info("z", [3, 8, 4, 4])],
                    {"w": w, "big": big})
     g, pm = _fuse(model)
     report = "\n".join(pm.records[0].report)

@@ -9,29 +9,16 @@ captured to check the kernels.
 import re
 
 import numpy as np
-import onnx
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 from tvm import te, tirx
 
 import edlc
 from edlc.lower import pipeline
 from edlc.schedules import apply_default_schedules, contraction
 from edlc.target import get_target
-from tests.conftest import assert_matches_ort
-
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs,
-                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(m)
-    return m
-
-
-def _vi(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+from tests.conftest import assert_matches_ort, make_model, tensor_info
 
 
 @pytest.fixture
@@ -97,7 +84,7 @@ def test_conv3x3_bias_residual_relu(scheduled, rng, width):
              helper.make_node("Add", ["c", "x"], ["a"]),
              helper.make_node("Relu", ["a"], ["y"])]
     shape = [1, 16, width, width]
-    model = _model(nodes, [_vi("x", shape)], [_vi("y", shape)],
+    model = make_model(nodes, [tensor_info("x", shape)], [tensor_info("y", shape)],
                    {"w": _conv_w(rng, (16, 16, 3, 3)), "b": rng.standard_normal(16).astype("f")})
     x = rng.standard_normal(shape).astype(np.float32)
     kernels = _check(scheduled, model, {"x": x})
@@ -114,7 +101,7 @@ def test_conv3x3_stride_and_narrow_width(scheduled, rng, width):
                               strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["y"])]
     out = (width + 1) // 2
-    model = _model(nodes, [_vi("x", [1, 8, width, width])], [_vi("y", [1, 24, out, out])],
+    model = make_model(nodes, [tensor_info("x", [1, 8, width, width])], [tensor_info("y", [1, 24, out, out])],
                    {"w": _conv_w(rng, (24, 8, 3, 3)), "b": rng.standard_normal(24).astype("f")})
     x = rng.standard_normal((1, 8, width, width)).astype(np.float32)
     _assert_tiled(_main_kernel(_check(scheduled, model, {"x": x}), "conv2d_nchw"))
@@ -123,7 +110,7 @@ def test_conv3x3_stride_and_narrow_width(scheduled, rng, width):
 def test_pointwise_conv(scheduled, rng):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
              helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
-    model = _model(nodes, [_vi("x", [1, 12, 16, 16])], [_vi("y", [1, 32, 16, 16])],
+    model = make_model(nodes, [tensor_info("x", [1, 12, 16, 16])], [tensor_info("y", [1, 32, 16, 16])],
                    {"w": _conv_w(rng, (32, 12, 1, 1)), "b": rng.standard_normal(32).astype("f"),
                     "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)})
     x = rng.standard_normal((1, 12, 16, 16)).astype(np.float32)
@@ -137,7 +124,7 @@ def test_depthwise_conv(scheduled, rng, stride):
                               strides=[stride, stride]),
              helper.make_node("Relu", ["d"], ["y"])]
     out = 16 // stride
-    model = _model(nodes, [_vi("x", [1, c, 16, 16])], [_vi("y", [1, c, out, out])],
+    model = make_model(nodes, [tensor_info("x", [1, c, 16, 16])], [tensor_info("y", [1, c, out, out])],
                    {"w": _conv_w(rng, (c, 1, 3, 3)), "b": rng.standard_normal(c).astype("f")})
     x = rng.standard_normal((1, c, 16, 16)).astype(np.float32)
     dw = _main_kernel(_check(scheduled, model, {"x": x}), "group_conv2d")
@@ -154,7 +141,7 @@ def test_nhwc_conv_at_opt_level_3(scheduled, rng, depthwise):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("Conv", ["r", "w2", "b2"], ["y"])]
-    model = _model(nodes, [_vi("x", [1, c, 10, 10])], [_vi("y", [1, 8, 10, 10])],
+    model = make_model(nodes, [tensor_info("x", [1, c, 10, 10])], [tensor_info("y", [1, 8, 10, 10])],
                    {"w": _conv_w(rng, (c, c // group, 3, 3)),
                     "b": rng.standard_normal(c).astype("f"),
                     "w2": _conv_w(rng, (8, c, 1, 1)),
@@ -182,7 +169,7 @@ def test_matmul_3d_by_2d_bias_gelu(scheduled, rng):
              "b": rng.standard_normal(48).astype("f"),
              "sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
              "half": np.array(0.5, np.float32)}
-    model = _model(nodes, [_vi("x", [2, 8, 32])], [_vi("y", [2, 8, 48])], inits)
+    model = make_model(nodes, [tensor_info("x", [2, 8, 32])], [tensor_info("y", [2, 8, 48])], inits)
     x = rng.standard_normal((2, 8, 32)).astype(np.float32)
     kernels = _check(scheduled, model, {"x": x})
     mm = _main_kernel(kernels, "matmul")
@@ -192,7 +179,7 @@ def test_matmul_3d_by_2d_bias_gelu(scheduled, rng):
 
 def test_gemm_with_transposed_weight(scheduled, rng):
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
-    model = _model(nodes, [_vi("x", [4, 40])], [_vi("y", [4, 24])],
+    model = make_model(nodes, [tensor_info("x", [4, 40])], [tensor_info("y", [4, 24])],
                    {"w": rng.standard_normal((24, 40)).astype("f"),
                     "b": rng.standard_normal(24).astype("f")})
     x = rng.standard_normal((4, 40)).astype(np.float32)
@@ -202,8 +189,8 @@ def test_gemm_with_transposed_weight(scheduled, rng):
 
 def test_batch_matmul(scheduled, rng):
     nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
-    model = _model(nodes, [_vi("a", [2, 3, 8, 16]), _vi("b", [2, 3, 16, 24])],
-                   [_vi("y", [2, 3, 8, 24])], {})
+    model = make_model(nodes, [tensor_info("a", [2, 3, 8, 16]), tensor_info("b", [2, 3, 16, 24])],
+                   [tensor_info("y", [2, 3, 8, 24])], {})
     inputs = {"a": rng.standard_normal((2, 3, 8, 16)).astype(np.float32),
               "b": rng.standard_normal((2, 3, 16, 24)).astype(np.float32)}
     _assert_tiled(_main_kernel(_check(scheduled, model, inputs), "matmul"))
@@ -214,8 +201,8 @@ def test_attention_scores_softmax_context(scheduled, rng):
              helper.make_node("Mul", ["s", "scale"], ["ss"]),
              helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
              helper.make_node("MatMul", ["p", "v"], ["y"])]
-    model = _model(nodes, [_vi("q", [1, 2, 16, 8]), _vi("kt", [1, 2, 8, 16]),
-                           _vi("v", [1, 2, 16, 8])], [_vi("y", [1, 2, 16, 8])],
+    model = make_model(nodes, [tensor_info("q", [1, 2, 16, 8]), tensor_info("kt", [1, 2, 8, 16]),
+                           tensor_info("v", [1, 2, 16, 8])], [tensor_info("y", [1, 2, 16, 8])],
                    {"scale": np.array(0.35, np.float32)})
     inputs = {n: rng.standard_normal(s).astype(np.float32)
               for n, s in (("q", (1, 2, 16, 8)), ("kt", (1, 2, 8, 16)), ("v", (1, 2, 16, 8)))}
@@ -225,8 +212,8 @@ def test_attention_scores_softmax_context(scheduled, rng):
 
 
 def test_softmax(scheduled, rng):
-    model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
-                   [_vi("x", [2, 4, 16, 32])], [_vi("y", [2, 4, 16, 32])], {})
+    model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+                   [tensor_info("x", [2, 4, 16, 32])], [tensor_info("y", [2, 4, 16, 32])], {})
     x = (rng.standard_normal((2, 4, 16, 32)) * 4).astype(np.float32)
     kernels = _check(scheduled, model, {"x": x})
     assert all(_is_scheduled(f) for f in kernels.values())
@@ -237,7 +224,7 @@ def test_softmax(scheduled, rng):
 def test_layer_norm(scheduled, rng):
     nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1,
                               epsilon=1e-5)]
-    model = _model(nodes, [_vi("x", [4, 32, 64])], [_vi("y", [4, 32, 64])],
+    model = make_model(nodes, [tensor_info("x", [4, 32, 64])], [tensor_info("y", [4, 32, 64])],
                    {"g": rng.uniform(0.5, 1.5, 64).astype("f"),
                     "b": rng.standard_normal(64).astype("f")})
     x = rng.standard_normal((4, 32, 64)).astype(np.float32)
@@ -254,16 +241,16 @@ def test_layer_norm(scheduled, rng):
 ])
 def test_pools_and_reductions(scheduled, rng, op, attrs, out):
     x = rng.standard_normal((1, 16, 64, 64)).astype(np.float32)
-    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)],
-                   [_vi("x", list(x.shape))], [_vi("y", [1, 16, out, out])], {})
+    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)],
+                   [tensor_info("x", list(x.shape))], [tensor_info("y", [1, 16, out, out])], {})
     kernels = _check(scheduled, model, {"x": x})
     assert kernels and all(_is_scheduled(f) for f in kernels.values())
     assert any(_vector_or_parallel(f) for f in kernels.values())
 
 
 def test_transpose_is_tiled(scheduled, rng):
-    model = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])],
-                   [_vi("x", [2, 64, 48])], [_vi("y", [2, 48, 64])], {})
+    model = make_model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])],
+                   [tensor_info("x", [2, 64, 48])], [tensor_info("y", [2, 48, 64])], {})
     x = rng.standard_normal((2, 64, 48)).astype(np.float32)
     kernels = _check(scheduled, model, {"x": x})
     assert any("T.vectorized" in f.script() for f in kernels.values())

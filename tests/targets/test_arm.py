@@ -8,14 +8,14 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import edlc
 from edlc.cli import main
 from edlc.errors import TargetError
 from edlc.target import available_targets, get_target
 from edlc.testing import zoo
-from tests.conftest import assert_matches_ort, ort_run, parse
+from tests.conftest import assert_matches_ort, make_model, ort_run, parse, tensor_info
 from tests.targets.test_x86 import CONV
 
 pytestmark = pytest.mark.skipif(
@@ -28,18 +28,6 @@ ELF_AARCH64 = 183  # e_machine of an aarch64 ELF
 def _is_aarch64_elf(path) -> bool:
     head = path.read_bytes()[:20]
     return head[:4] == b"\x7fELF" and head[4] == 2 and int.from_bytes(head[18:20], "little") == ELF_AARCH64
-
-
-def _model(nodes, inputs, outputs, inits):
-    g = helper.make_graph(nodes, "g", inputs, outputs,
-                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(m)
-    return m
-
-
-def _vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 def test_arm_target_and_its_options():
@@ -108,8 +96,8 @@ def test_matmul_gelu_and_outputs_of_several_dtypes_and_ranks(rng):
              helper.make_node("Mul", ["h", "a"], ["y"]),
              helper.make_node("ArgMax", ["y"], ["idx"], axis=1, keepdims=0),
              helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)]
-    model = _model(nodes, [_vi("x", ["N", 32])],
-                   [_vi("y", ["N", 16]), _vi("idx", ["N"], TensorProto.INT64), _vi("total", [])], c)
+    model = make_model(nodes, [tensor_info("x", ["N", 32])],
+                   [tensor_info("y", ["N", 16]), tensor_info("idx", ["N"], TensorProto.INT64), tensor_info("total", [])], c)
     m = edlc.compile(model, target="arm")
     assert m.inputs[0]["shape"] == ["N", 32]  # run-model binds the symbolic dim from the input
     for n in (4, 1):
