@@ -269,7 +269,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         result = tune(args.model, args.target, records=args.records, trials=args.trials,
                       input_shapes=_shapes(args.input_shape), opt_level=args.opt_level,
                       time_budget_s=budget, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                      population=args.population, trials_per_iter=min(64, args.trials),
+                      population=args.population,
                       progress=_progress)
     except TuningInterrupted as e:
         print(f"edlc: {e}", file=sys.stderr)
@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured candidates the records should hold in all (earlier runs count)")
     t.add_argument("--time-budget", metavar="DURATION", help="stop after this long, e.g. 10m, 1h")
     t.add_argument("--records", metavar="DIR", required=True, help="tuning database directory")
-    t.add_argument("--population", type=int, default=2048,
-                   help="evolutionary search population per round (smaller: faster, coarser)")
+    t.add_argument("--population", type=int, default=512,
+                   help="evolutionary search population per batch (default 512; larger: slower, finer)")
     t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers of this tracker")
     t.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
     t.set_defaults(fn=cmd_tune)

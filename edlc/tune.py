@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,14 @@ class TaskInfo:
     calls: int
     flops: float
     weight: float
-    trials: int = 0
+    trials: int = 0  # measured in this run
     best_us: float | None = None
+    trials_before: int = 0  # records of this task from earlier runs
+    batches: list = field(default_factory=list)  # best_us after each batch of this run
+
+    def note(self, us: float | None) -> None:
+        if us is not None:
+            self.best_us = us if self.best_us is None else min(self.best_us, us)
 
 
 @dataclass
@@ -120,15 +126,13 @@ def _flops(task) -> float:
         return 1.0
 
 
-def _progress_callback(tasks: list[TaskInfo], total: int, start: float, budget_s: float | None,
-                       progress: Progress, stop: list[str]):
+def _progress_callback(tasks: list[TaskInfo], total: int, start: float, progress: Progress):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
-        """Counts trials, keeps each task's best latency, prints a progress line and ends the
-        search when the time budget is spent."""
+        """Counts trials, keeps each task's best latency and prints a progress line per batch."""
 
         def __init__(self):
             self.done = 0
@@ -138,31 +142,168 @@ def _progress_callback(tasks: list[TaskInfo], total: int, start: float, budget_s
             for r in runner_results:
                 self.done += 1
                 info.trials += 1
-                secs = [float(s) for s in (r.run_secs or [])]
-                if r.error_msg is None and secs and min(secs) < 1e9:
-                    us = sum(secs) / len(secs) * 1e6
-                    info.best_us = us if info.best_us is None else min(info.best_us, us)
+                info.note(_latency_us(r))
+            info.batches.append(info.best_us)
             elapsed = time.monotonic() - start
             eta = elapsed / self.done * (total - self.done) if self.done else 0.0
-            est = sum((t.best_us or 0) * t.calls for t in tasks) / 1e3
             progress(f"tuning: {self.done}/{total} trials, task {task_id + 1}/{len(tasks)} "
                      f"{info.name[:32]}, best {info.best_us or float('nan'):.1f} us, "
-                     f"model ~{est:.2f} ms, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
-            if budget_s is not None and elapsed > budget_s and not stop:
-                stop.append("time budget")
-                for i in range(len(tasks)):
-                    task_scheduler.terminate_task(i)
+                     f"model ~{_estimate_ms(tasks):.2f} ms, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
 
     return _Progress()
+
+
+def _latency_us(runner_result) -> float | None:
+    secs = [float(s) for s in (runner_result.run_secs or [])]
+    if runner_result.error_msg is None and secs and min(secs) < 1e9:
+        return sum(secs) / len(secs) * 1e6
+    return None
+
+
+def _estimate_ms(tasks: list[TaskInfo]) -> float:
+    return sum((t.best_us or 0) * t.calls for t in tasks) / 1e3
+
+
+class _Policy:
+    """Which task gets the next batch. First one batch per task, heaviest first, for the tasks
+    that fit in half the trials (the rest keep the default schedules); then the task whose
+    time in the model (best latency x calls) is largest, discounted when its last two
+    batches stopped improving it. Returns -1 once the time budget is spent."""
+
+    def __init__(self, tasks: list[TaskInfo], batch: int, trials: int, start: float,
+                 budget_s: float | None, stop: list[str]):
+        self.tasks, self.start, self.budget_s, self.stop = tasks, start, budget_s, stop
+        order = sorted(range(len(tasks)), key=lambda i: -tasks[i].weight)
+        fresh = [i for i in order if tasks[i].trials_before < batch and tasks[i].weight >= 0.002]
+        self.first_round = fresh[:max(1, trials // 2 // batch)]
+        self.picked = 0
+
+    def __call__(self, terminated: list[bool]) -> int:
+        if self.budget_s is not None and time.monotonic() - self.start > self.budget_s:
+            if not self.stop:
+                self.stop.append("time budget")
+            return -1
+        while self.first_round:
+            i = self.first_round.pop(0)
+            if not terminated[i]:
+                return i
+        live = [i for i in range(len(self.tasks)) if not terminated[i]]
+        return max(live, key=lambda i: self._score(self.tasks[i]), default=-1)
+
+    @staticmethod
+    def _score(t: TaskInfo) -> float:
+        if t.best_us is None:
+            return t.weight * 1e9  # not measured yet (or nothing valid): worth a batch
+        history = [b for b in t.batches if b is not None]
+        gain = 1.0
+        if len(history) >= 3:
+            gain = max((history[-3] - history[-1]) / history[-3], 0.05)
+        return t.best_us * t.calls * gain
+
+
+def _batch_scheduler(policy: _Policy):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _OneBatchAtATime(ms.task_scheduler.PyTaskScheduler):
+        """MetaSchedule's own schedulers send a batch of every task to the builder before they
+        join any, so nothing is committed until every task was built once (0 records after 14
+        minutes of ResNet-18) and no time budget can act. This one joins each batch before it
+        picks the next: records are committed, progress shown and the budget checked per batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.running = -1
+
+        def next_task_id(self) -> int:
+            records = self._outer().tasks_
+            if self.running >= 0 and not records[self.running].is_terminated:
+                self.join_running_task(self.running)
+            self.running = policy([bool(r.is_terminated) for r in records])
+            return self.running
+
+    return _OneBatchAtATime()
+
+
+def _batch_size(trials_per_iter: int | None, remaining: int, n_tasks: int) -> int:
+    """Candidates per batch: small enough that every task gets a few batches in the trials,
+    large enough to pay for the search that precedes each batch (~30 s for a conv on 2 cores
+    at population 512)."""
+    if trials_per_iter is not None:
+        return max(1, min(trials_per_iter, remaining))
+    return max(1, min(64, max(16, remaining // (4 * n_tasks)), remaining))
+
+
+def _seed_default_schedules(contexts, infos: list[TaskInfo], database, builder, runner, target) -> int:
+    """Measure edlc's default schedule of every task the database has no record of, and commit
+    it as a record: the search starts from it and tuned kernels never lose to untuned ones."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edlc.schedules import default_schedule
+    from edlc.schedules.analysis import cpu_of
+
+    cpu = cpu_of(target)
+    if cpu is None:
+        return 0
+    seeds = []
+    for i, ctx in enumerate(contexts):
+        if infos[i].trials_before:
+            continue
+        try:
+            sch = default_schedule(ctx.mod["main"], cpu)
+        except Exception:  # noqa: BLE001  no default schedule: the search starts from scratch
+            sch = None
+        if sch is not None:
+            seeds.append((i, sch, ms.arg_info.ArgInfo.from_prim_func(ctx.mod["main"])))
+    if not seeds:
+        return 0
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch, _ in seeds])
+    runs = {}
+    device = "cpu" if target.kind.name == "llvm" else target.kind.name
+    inputs = [(k, ms.runner.RunnerInput(b.artifact_path, device, args))
+              for k, ((_, _, args), b) in enumerate(zip(seeds, built)) if b.error_msg is None]
+    for (k, _), future in zip(inputs, runner.run([inp for _, inp in inputs])):
+        runs[k] = future.result()
+    committed = 0
+    for k, (i, sch, args) in enumerate(seeds):
+        result = runs.get(k)
+        us = _latency_us(result) if result is not None else None
+        if us is None:
+            continue
+        workload = database.commit_workload(contexts[i].mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, workload, [float(s) for s in result.run_secs], target, args))
+        infos[i].trials += 1
+        infos[i].note(us)
+        committed += 1
+    for b in built:
+        if b.artifact_path:
+            Path(b.artifact_path).unlink(missing_ok=True)
+    return committed
+
+
+def _known_best(contexts, infos: list[TaskInfo], database) -> None:
+    """Each task's records and best latency from earlier runs (what a resumed run builds on)."""
+    for ctx, info in zip(contexts, infos):
+        if not database.has_workload(ctx.mod):
+            continue
+        top = database.get_top_k(database.commit_workload(ctx.mod), 1 << 30)
+        info.trials_before = len(top)
+        for record in top[:1]:
+            secs = [float(s) for s in record.run_secs or []]
+            if secs and min(secs) < 1e9:
+                info.best_us = sum(secs) / len(secs) * 1e6
 
 
 def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials: int = 1000,
          input_shapes: Mapping[str, Sequence[int]] | None = None, opt_level: int = 2,
          time_budget_s: float | None = None, rpc_tracker: str | None = None,
-         rpc_key: str | None = None, trials_per_iter: int = 64, population: int = 2048,
+         rpc_key: str | None = None, trials_per_iter: int | None = None, population: int = 512,
          progress: Progress | None = None) -> TuneResult:
     """Tune a model's kernels until `records` holds `trials` measured candidates (counting
-    those of earlier runs) or the time budget is spent."""
+    those of earlier runs) or the time budget is spent. The first measured candidate of each
+    kernel is edlc's default schedule."""
     from tvm.s_tir import meta_schedule as ms
 
     if trials < 1:
@@ -174,7 +315,6 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
     if not extracted:
         raise InputError("the model has no kernels to tune")
     before = count_records(records)
-    remaining = trials - before
     load_tensor_intrinsics(_intrinsic_family(tvm_target))
     contexts, calls = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=extracted, work_dir=str(records),
@@ -185,43 +325,59 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
     infos = [TaskInfo(t.task_name, int(c), f, w / total_work)
              for t, c, f, w in zip(extracted, calls, flops, work)]
     result = TuneResult(records, infos, before, 0, 0.0)
-    if remaining <= 0:
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    _known_best(contexts, infos, database)
+    if trials - before <= 0:
         progress(f"tuning: {records} already holds {before} records (--trials {trials}); nothing to do")
-        return result
-    progress(f"tuning {len(infos)} tasks, {remaining} trials ({before} records already in {records})")
+        return _finish(result, [], time.monotonic())
     stop: list[str] = []
     start = time.monotonic()
-    callback = _progress_callback(infos, remaining, start, time_budget_s, progress, stop)
     cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
+    builder = ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate)
     runner = _runner(rpc_tracker, rpc_key)
     try:
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[max(i.weight, 1e-6) for i in infos],
-            work_dir=str(records),
-            max_trials_global=remaining,
-            num_trials_per_iter=min(trials_per_iter, remaining),
-            builder=ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate),
-            runner=runner,
-            database=ms.database.JSONDatabase(work_dir=str(records)),
-            cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
-                                              adaptive_training=True, num_tuning_cores=cores),
-            measure_callbacks=[ms.measure_callback.AddToDatabase(),
-                               ms.measure_callback.RemoveBuildArtifact(),
-                               ms.measure_callback.UpdateCostModel(), callback],
-            task_scheduler="gradient",
-        )
+        seeded = _seed_default_schedules(contexts, infos, database, builder, runner, tvm_target)
+        if seeded:
+            progress(f"tuning: measured the default schedules of {seeded} kernels, "
+                     f"model ~{_estimate_ms(infos):.2f} ms")
+        remaining = trials - count_records(records)
+        if remaining > 0:
+            batch = _batch_size(trials_per_iter, remaining, len(infos))
+            progress(f"tuning {len(infos)} tasks, {remaining} trials in batches of {batch} "
+                     f"({count_records(records)} records in {records})")
+            policy = _Policy(infos, batch, remaining, start, time_budget_s, stop)
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=[max(i.weight, 1e-6) for i in infos],
+                work_dir=str(records),
+                max_trials_global=remaining,
+                num_trials_per_iter=batch,
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                                  adaptive_training=True, num_tuning_cores=cores),
+                measure_callbacks=[ms.measure_callback.AddToDatabase(),
+                                   ms.measure_callback.RemoveBuildArtifact(),
+                                   ms.measure_callback.UpdateCostModel(),
+                                   _progress_callback(infos, remaining, start, progress)],
+                task_scheduler=_batch_scheduler(policy),
+            )
     except KeyboardInterrupt:
         stop.append("interrupted")
     finally:
         pool = getattr(runner, "pool", None)  # its worker processes outlive the run otherwise
         if pool is not None:
             pool.shutdown()
-    result.trials_run = count_records(records) - before
+    return _finish(result, stop, start)
+
+
+def _finish(result: TuneResult, stop: list[str], start: float) -> TuneResult:
+    result.trials_run = count_records(result.records) - result.trials_before
     result.seconds = time.monotonic() - start
     result.stopped = stop[0] if stop else ""
-    if all(i.best_us is not None for i in infos):
-        result.estimated_ms = sum(i.best_us * i.calls for i in infos) / 1e3
+    if all(i.best_us is not None for i in result.tasks):
+        result.estimated_ms = _estimate_ms(result.tasks)
     if result.stopped == "interrupted":
         raise TuningInterrupted(result)
     return result

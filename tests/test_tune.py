@@ -130,3 +130,28 @@ def test_tune_usage_errors(tmp_path, capsys, args, message):
     onnx.save(tiny_conv(), tmp_path / "m.onnx")
     assert main(["tune", str(tmp_path / "m.onnx"), "--records", str(tmp_path / "rec"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_first_record_of_each_kernel_is_the_default_schedule(tmp_path):
+    """Tuning measures edlc's default schedule first, so the records never lose to untuned code."""
+    result = tune(tiny_conv(), records=tmp_path / "rec", trials=1, **QUICK)
+    assert result.trials_run == 1 and result.tasks[0].best_us is not None
+    record = (tmp_path / "rec" / "database_tuning_record.json").read_text()
+    assert "sch.parallel" in record or '"Parallel"' in record  # the default rule's parallel loop nest
+
+
+def test_policy_measures_heavy_tasks_first_then_where_time_goes():
+    from edlc.tune import TaskInfo, _Policy
+
+    tasks = [TaskInfo("light", 1, 1.0, 0.1), TaskInfo("heavy", 1, 9.0, 0.9)]
+    stop: list[str] = []
+    policy = _Policy(tasks, batch=4, trials=100, start=time.monotonic(), budget_s=None, stop=stop)
+    assert [policy([False, False]), policy([False, False])] == [1, 0]
+    tasks[0].best_us, tasks[1].best_us = 500.0, 100.0  # the light task turned out to take the time
+    assert policy([False, False]) == 0
+    tasks[0].batches = [500.0, 500.0, 500.0]  # ... but stopped improving
+    tasks[1].batches = [200.0, 150.0, 100.0]
+    assert policy([False, False]) == 1
+    assert policy([False, True]) == 0
+    late = _Policy(tasks, batch=4, trials=100, start=time.monotonic() - 10, budget_s=5, stop=stop)
+    assert late([False, False]) == -1 and stop == ["time budget"]

@@ -55,13 +55,14 @@ def fuse(mod, target):
     from tvm import relax
 
     from edlc.lower.fused import lift_primitive_constants
+    from edlc.schedules import prepare_kernels
 
     with target:
         mod = relax.transform.LegalizeOps()(mod)
         mod = lift_primitive_constants(mod)
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         mod = relax.transform.FuseTIR()(mod)
-        return drop_unused_kernels(dedupe_kernels(mod))
+        return prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target)
 
 
 def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str]]:

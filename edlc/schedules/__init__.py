@@ -26,7 +26,7 @@ from edlc.schedules.analysis import CPU, block_info, cpu_of, root_blocks, unsupp
 from edlc.schedules.fastmath import fast_math
 from edlc.schedules.inline import inline_elementwise
 
-__all__ = ["apply_default_schedules", "schedule_primfunc"]
+__all__ = ["apply_default_schedules", "default_schedule", "prepare_kernels", "schedule_primfunc"]
 
 SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
 
@@ -34,6 +34,15 @@ SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
     attrs = func.attrs
     return attrs is not None and any(bool(attrs.get(k, False)) for k in SCHEDULED_ATTRS)
+
+
+def prepare_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Rewrites every CPU kernel gets before tuning and scheduling (the fast-math forms), so a
+    tuning task, its records and the default schedule all see the same PrimFunc."""
+    if cpu_of(target) is None:
+        return mod
+    functions = {gv: fast_math(f) if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -64,6 +73,15 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
 
 def schedule_primfunc(func: tirx.PrimFunc, cpu: CPU) -> tirx.PrimFunc | None:
     """The PrimFunc scheduled (and marked), or None if no rule applied."""
+    sch = default_schedule(func, cpu)
+    if sch is None:
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
+    """The schedule the rules build for `func`, or None if no rule applied. Its trace is a
+    tuning record like any other: tuning measures it first, so tuned never loses to untuned."""
     if unsupported_dtypes(func):
         return None
     sch = s_tir.Schedule(fast_math(func))
@@ -100,9 +118,7 @@ def schedule_primfunc(func: tirx.PrimFunc, cpu: CPU) -> tirx.PrimFunc | None:
             continue
         if done:
             sch, changed = trial, True
-    if not changed:
-        return None
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return sch if changed else None
 
 
 def _free_blocks(sch: s_tir.Schedule) -> list:
