@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edlc.errors import EdlcError, InputError
+from edlc.runtime import load_inputs
 
 # how onnxruntime and edlc outputs must agree (as the ONNX conformance tests compare)
 RTOL, ATOL = 1e-3, 1e-4
@@ -353,14 +354,6 @@ def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     return out
 
 
-def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read inputs ({e})") from e
-
-
 def random_inputs(specs: list[dict[str, Any]], shapes: Mapping[str, Sequence[int]] | None = None,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for the module's input specs; `shapes` fills symbolic dims."""
@@ -389,10 +382,25 @@ def _static_shapes(specs: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
             if s.get("shape") is not None and all(isinstance(d, int) for d in s["shape"])}
 
 
+def ort_provider(device: str) -> tuple[str, str | None]:
+    """The onnxruntime execution provider to compare with a model that runs on `device` ("cpu"
+    or "cuda"), and a note when onnxruntime cannot run on that device."""
+    if device != "cuda":
+        return "CPUExecutionProvider", None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "CUDAExecutionProvider", None
+    return "CPUExecutionProvider", ("this onnxruntime has no CUDAExecutionProvider (install "
+                                    "onnxruntime-gpu): edlc on the GPU is compared with "
+                                    "onnxruntime on the CPU")
+
+
 def run_onnxruntime(model_path: str | os.PathLike, inputs: Mapping[str, np.ndarray], *,
-                    repeat: int, warmup: int, threads: int
+                    repeat: int, warmup: int, threads: int,
+                    provider: str = "CPUExecutionProvider"
                     ) -> tuple[list[float], dict[str, np.ndarray], int | None, str]:
-    """Times (s), outputs, peak memory delta and its method for onnxruntime's CPU provider with
+    """Times (s), outputs, peak memory delta and its method for onnxruntime's `provider` with
     `threads` intra-op threads (one inter-op thread)."""
     import onnxruntime as ort
 
@@ -401,11 +409,14 @@ def run_onnxruntime(model_path: str | os.PathLike, inputs: Mapping[str, np.ndarr
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         try:
-            sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(model_path), so, providers=[provider])
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{model_path}: onnxruntime cannot load the model: "
                              f"{first[:300]}") from e
+        if provider not in sess.get_providers():  # e.g. CUDA libraries missing: it falls back
+            raise InputError(f"onnxruntime could not start its {provider} (it runs with "
+                             f"{', '.join(sess.get_providers())})")
         names = [i.name for i in sess.get_inputs()]
         missing = [n for n in names if n not in inputs]
         if missing:
@@ -552,23 +563,32 @@ def bench(source: str | os.PathLike, *, model: str | os.PathLike | None = None,
                      "(sha256)")
 
     peak = machine_peak_gflops()
+    on_cpu = module.target.device == "cpu"
+    if not on_cpu:
+        notes.append("% of machine peak: n/a, the peak estimate is the CPU's")
     batch = _batch(module.inputs, inputs)
     say(f"timing edlc: {warmup} warm-up + {repeat} runs on {tvm_threads} thread(s)")
     with PeakMemory() as mem:
         times = module.time(inputs, repeat=repeat, warmup=warmup)
     ours = figures("edlc", times, threads=tvm_threads, warmup=warmup, batch=batch, flops=flops,
-                   peak=peak, memory_bytes=mem.delta_bytes)
+                   peak=peak if on_cpu else None, memory_bytes=mem.delta_bytes)
     report = Report(str(src), "artifact" if is_artifact else "model", target_name, level, compile_s,
                     how, specs, flops, flops_source, peak, mem.method, ours, onnx_model=onnx_model,
                     notes=notes)
 
     if compare:
         got = module.run(inputs)
-        say(f"timing onnxruntime: {warmup} warm-up + {repeat} runs on {want_threads} thread(s)")
+        provider, note = ort_provider(module.target.device)
+        notes.extend([note] if note else [])
+        say(f"timing onnxruntime ({provider}): {warmup} warm-up + {repeat} runs on "
+            f"{want_threads} thread(s)")
         ort_times, want, ort_mem, _ = run_onnxruntime(onnx_model, inputs, repeat=repeat,
-                                                      warmup=warmup, threads=want_threads)
+                                                      warmup=warmup, threads=want_threads,
+                                                      provider=provider)
         report.onnxruntime = figures("onnxruntime", ort_times, threads=want_threads, warmup=warmup,
-                                     batch=batch, flops=flops, peak=peak, memory_bytes=ort_mem)
+                                     batch=batch, flops=flops,
+                                     peak=peak if provider == "CPUExecutionProvider" else None,
+                                     memory_bytes=ort_mem)
         report.max_abs_diff, report.outputs_match = compare_outputs(got, want)
         report.ratio = ours.median_ms / report.onnxruntime.median_ms
 

@@ -8,6 +8,7 @@
                [--input-shape NAME=DIMS]... [--inputs in.npz] [--profile] [--json FILE]
     edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N]
     edlc optimize MODEL [pass flags] -o opt.onnx
+    edlc quantize MODEL --calib data.npz -o model.int8.onnx [--calib-method M] [--max-drop N]
     edlc targets | passes
 
 Exit codes: 0 success, 2 bad input (`edlc: error: ...` on one line), 1 internal error.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edlc.errors import EdlcError, InputError
+from edlc.errors import EdlcError, InputError, first_line
 
 
 class UsageError(EdlcError):
@@ -232,8 +233,9 @@ def pass_report(records: Sequence) -> list[str]:
 def cmd_compile(args: argparse.Namespace) -> int:
     import edlc
     from edlc.pass_manager import timing_report
+    from edlc.passes.quantize import cli as quantize_cli
 
-    if args.aot:
+    if args.aot and not _firmware_target(args):
         raise UsageError(f"--aot builds firmware for microcontroller targets; target '{args.target}' "
                          "has no firmware form in this version of edlc")
     opts = pass_options(args, args.passes)
@@ -248,6 +250,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             verify_each=args.verify_each, print_after=opts.print_after,
             target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
             records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
+            quantize_options=quantize_cli.options(args) if args.quantize == "int8" else None,
             pass_records=records,
         )
     finally:  # timings help most when a later stage fails: print them either way
@@ -258,7 +261,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(_records_report(module.manifest["tuning"]))
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
           f"({module.manifest['kernels']} kernels, {len(module.manifest['params'])} weight tensors)")
+    if getattr(module, "memory", None):  # a firmware project (microcontroller targets)
+        print(_memory_report(module.memory))
     return 0
+
+
+def _firmware_target(args: argparse.Namespace) -> bool:
+    """Whether --target names a microcontroller (which always builds a firmware project)."""
+    from edlc.target import get_target
+
+    return get_target(args.target, mcpu=args.mcpu, mattr=args.mattr, arch=args.arch).mcu is not None
+
+
+def _memory_report(memory: dict) -> str:
+    f, r, a = memory["flash"], memory["ram"], memory["arena"]
+    entry = f" + entry {f['entry']:,}" if f.get("entry") is not None else ""
+    return (f"flash {f['total']:,} B (kernels {f['kernels']:,} + weights {f['weights']:,}{entry}); "
+            f"RAM {r['total']:,} B (arena {a['size']:,}, liveness lower bound {a['lower_bound']:,}; "
+            f"stack ~{r['stack_estimate']:,}); details in memory.json")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -283,6 +303,9 @@ def _records_report(tuning: dict | None) -> str:
         return ""
     found, missing = tuning["kernels_with_record"], tuning["kernels_without_record"]
     line = f"tuning records {tuning['records']}: {len(found)} of {len(found) + len(missing)} kernels found a record"
+    left_out = tuning.get("records_left_out") or []
+    if left_out:
+        line += f"; {len(left_out)} line(s) of the database do not parse and were left out ({left_out[0]})"
     return line + (f"; untuned: {', '.join(missing)}" if missing else "")
 
 
@@ -305,14 +328,11 @@ def _random_inputs(specs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import edlc
+    from edlc.runtime import load_inputs
 
     module = edlc.load(args.artifact)
     if args.inputs:
-        try:
-            with np.load(args.inputs, allow_pickle=False) as z:
-                inputs = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise InputError(f"{args.inputs}: cannot read inputs ({e})") from e
+        inputs = load_inputs(args.inputs)
     else:
         inputs = _random_inputs(module.inputs, args.seed)
         print(f"no --inputs given: using random inputs (seed {args.seed})")
@@ -324,10 +344,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if times:
         print(f"latency: median {np.median(times) * 1e3:.3f} ms over {len(times)} runs")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.output, **outs)
+        _save_outputs(args.output, outs)
         print(f"wrote {args.output}")
     return 0
+
+
+def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:
+    """Write the outputs as an .npz, atomically (a reader never sees half a file)."""
+    from edlc.artifact import atomic_file
+
+    try:
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **outs)
+    except OSError as e:
+        raise InputError(f"--output {path}: cannot write it ({e.strerror or e})") from e
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -451,6 +481,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edlc.passes.quantize import cli as quantize_cli
+
     p = _Parser(prog="edlc", description="edlc, the efficient deep learning compiler")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -464,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = c.add_argument_group("compression")
     q.add_argument("--quantize", choices=["int8", "fp16", "bf16"])
     q.add_argument("--calib", metavar="DATA.npz", help="calibration inputs for --quantize int8")
+    quantize_cli.add_flags(q)
     q.add_argument("--sparsity", metavar="SPEC", help="channel:0.5 | block:4x4:0.9 | 2:4")
     tu = c.add_argument_group("tuning")
     tu.add_argument("--records", metavar="DIR", help="apply tuning records from `edlc tune`")
@@ -543,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", required=True, help="ONNX file to write")
     o.set_defaults(fn=cmd_optimize)
 
+    quantize_cli.add_parser(sub)
+
     sub.add_parser("targets", help="list targets").set_defaults(fn=cmd_targets)
     pl = sub.add_parser("passes", help="list graph passes and the -O level each joins at")
     pl.add_argument("--pass-plugin", action="append", metavar="MODULE:FUNCTION",
@@ -589,9 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug in edlc or TVM, not the user's input
         if debug:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"edlc: internal error: {type(e).__name__}: {first[:300]} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"edlc: internal error: {type(e).__name__}: {first_line(e, 300)}{hint}", file=sys.stderr)
         return 1
 
 

@@ -10,18 +10,28 @@ import datetime
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
 import edlc
-from edlc.errors import EdlcError, LoweringError, ModelError, ShapeError, UnsupportedOpError
-from edlc.frontend.onnx import load_model_proto, load_onnx
+from edlc.errors import (
+    EdlcError,
+    LoweringError,
+    ModelError,
+    ShapeError,
+    UnsupportedOpError,
+    first_line,
+)
+from edlc.frontend.onnx import load_model_proto, load_onnx, onnx_elem_type
+from edlc.frontend.onnx_checks import check_dims
 from edlc.ir.graph import Graph
 from edlc.ir.types import TensorType
 from edlc.lower import LoweredModel, count_kernels, lower, pipeline, unsupported_nodes
 from edlc.pass_manager import PassManager
+from edlc.records import check_dir
 from edlc.runtime import Module
 from edlc.target import Target, get_target
 
@@ -56,6 +66,7 @@ def bind_graph_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -
             for d, s in zip(old.shape, shape):
                 if isinstance(d, int) and d != s:
                     raise ShapeError(f"input '{name}' has fixed dim {d}, cannot bind it to {s}")
+        check_dims([int(s) for s in shape], onnx_elem_type(old.dtype), f"input '{name}' bound to {list(shape)}")
         v.type = TensorType(tuple(int(s) for s in shape), old.dtype)
     for node in graph.nodes:  # symbolic types downstream are stale: let inference redo them
         for out in node.outputs:
@@ -65,6 +76,7 @@ def bind_graph_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -
 
 def import_model(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
     if isinstance(model, Graph):
+        model.verify()  # a graph built by hand: broken links fail here, by name, not in TVM
         graph = model.copy()
         if input_shapes:
             bind_graph_shapes(graph, input_shapes)
@@ -92,10 +104,22 @@ def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = No
     return pm.run(graph), pm
 
 
+@dataclass
+class Build:
+    """What `build` made: the TVM executable, its kernel count, which kernels had a tuning
+    record (with `records`), and files the artifact keeps beside the library (a GPU target's
+    kernel binary, by file name)."""
+
+    executable: Any
+    kernels: int
+    tuning: dict[str, Any] | None = None
+    device_files: dict[str, bytes] = field(default_factory=dict)
+
+
 def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
-          records: str | os.PathLike | None = None) -> tuple[Any, int, dict[str, Any] | None]:
-    """Compile a lowered model with TVM for the target; returns the TVM executable, the number
-    of kernels (PrimFuncs) it holds, and, with tuning `records`, which kernels had one."""
+          records: str | os.PathLike | None = None) -> Build:
+    """Compile a lowered model with TVM (and, for a GPU, its kernels with the GPU's compiler)
+    for the target."""
     import tvm
 
     try:
@@ -104,28 +128,21 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
             mod = pipeline.fuse(lowered.mod, tgt)
             tuning = None
             if records is not None:
-                mod, found, missing = pipeline.apply_records(mod, tgt, records)
+                mod, found, missing, left_out = pipeline.apply_records(mod, tgt, records)
                 tuning = {"records": str(records), "kernels_with_record": found,
-                          "kernels_without_record": missing}
+                          "kernels_without_record": missing, "records_left_out": left_out}
             mod = pipeline.finish(mod, tgt)
-            return tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod), tuning
+            if target.device == "cuda":
+                from edlc.targets import cuda
+
+                executable, files = cuda.build(mod, tgt)
+                return Build(executable, count_kernels(mod), tuning, files)
+            return Build(tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod),
+                         tuning)
     except EdlcError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoweringError(f"TVM build for target '{target.name}' failed: {first[:400]}") from e
-
-
-def check_records_dir(records: str | os.PathLike) -> None:
-    """A tuning-records directory must hold the database `edlc tune` writes."""
-    from edlc.errors import InputError
-
-    path = os.fspath(records)
-    if not os.path.isdir(path):
-        raise InputError(f"tuning records '{path}': no such directory (make one with `edlc tune ... --records {path}`)")
-    for name in ("database_workload.json", "database_tuning_record.json"):
-        if not os.path.isfile(os.path.join(path, name)):
-            raise InputError(f"tuning records '{path}': {name} is missing; is this a directory written by `edlc tune`?")
+        raise LoweringError(f"TVM build for target '{target.name}' failed: {first_line(e)}") from e
 
 
 def _spec(name: str, t: TensorType) -> dict[str, Any]:
@@ -147,27 +164,40 @@ def compile(
     verify_each: bool = False,
     print_after: Iterable[str] = (),
     target_options: Mapping[str, Any] | None = None,
+    arch: str | None = None,
     pass_records: list | None = None,
+    quantize_options: Mapping[str, Any] | None = None,
 ) -> Module:
     """Compile a model (path, onnx.ModelProto or edlc.Graph) for a target; returns a Module
     whose `run` executes the built code. `pass_records` (a list) collects per-pass timing and
-    reports, also when a later stage fails."""
-    for option, value in (("quantize", quantize), ("sparsity", sparsity), ("calibration", calibration)):
-        if value is not None:
-            raise EdlcError(f"option '{option}' is not available in this version of edlc yet")
-    tgt = get_target(target, **dict(target_options or {}))
+    reports, also when a later stage fails. `quantize="int8"` quantizes with `calibration`
+    (an .npz path or an iterable of input dicts); `quantize_options` go to
+    `edlc.passes.quantize.quantize` (method, activations, max_drop, ...). `target_options` go
+    to the target (mcpu, mattr, arch); `arch="sm_90"` is short for `target_options={"arch": ...}`
+    (a GPU target's architecture)."""
+    if sparsity is not None:
+        raise EdlcError("option 'sparsity' is not available in this version of edlc yet")
+    _check_quantize(quantize, calibration)
+    tgt = get_target(target, **{**dict(target_options or {}), **({"arch": arch} if arch else {})})
     if records is not None:
-        check_records_dir(records)
+        check_dir(records)
     name, digest = model_digest(model)
     graph = import_model(model, input_shapes)
     unsupported = unsupported_nodes(graph)
     if unsupported:
         raise UnsupportedOpError(unsupported)
+    quant_report = None
+    if quantize == "int8":
+        from edlc.passes.quantize import quantize as quantize_int8
+
+        graph, quant_report = quantize_int8(graph, calibration, **dict(quantize_options or {}))
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after,
                         pass_records)
     try:
         lowered = lower(graph)
-        executable, kernels, tuning = build(lowered, tgt, opt_level, records)
+        if tgt.mcu is not None:  # a microcontroller: a firmware project, built ahead of time
+            return _compile_firmware(lowered, tgt, name, digest, opt_level, records)
+        built = build(lowered, tgt, opt_level, records)
     except LoweringError as e:
         hint = _binding_hint(graph)
         if hint:
@@ -181,14 +211,50 @@ def compile(
         "model": {"name": name, "sha256": digest},
         "target": tgt.to_json(),
         "opt_level": opt_level,
-        "kernels": kernels,
-        "tuning": tuning,
+        "kernels": built.kernels,
+        "tuning": built.tuning,
         "inputs": [_spec(n, t) for n, t in lowered.inputs],
         "outputs": [_spec(n, t) for n, t in lowered.outputs],
         "params": list(lowered.params),
-        "files": ["model.so", "params.npz"],
+        "files": ["model.so", "params.npz", *built.device_files],
     }
-    return Module(executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()})
+    if quant_report is not None:
+        manifest["quantization"] = quant_report.summary()
+    return Module(built.executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()},
+                  device_files=built.device_files)
+
+
+def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, digest: str, opt_level: int,
+                      records: str | os.PathLike | None) -> Module:
+    """Microcontroller targets (targets/mcu): AOT kernels, a static arena, a firmware project."""
+    from edlc.targets.mcu.build import compile_firmware
+
+    if records is not None:
+        raise EdlcError(f"target '{tgt.name}' does not apply tuning records yet")
+    manifest = {
+        "format": 1,
+        "edlc_version": edlc.__version__,
+        "tvm_version": _tvm_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": name, "sha256": digest},
+        "target": tgt.to_json(),
+        "opt_level": opt_level,
+        "inputs": [_spec(n, t) for n, t in lowered.inputs],
+        "outputs": [_spec(n, t) for n, t in lowered.outputs],
+    }
+    return compile_firmware(lowered, tgt, name, manifest)
+
+
+def _check_quantize(quantize: str | None, calibration: Any) -> None:
+    from edlc.errors import InputError
+
+    if quantize not in (None, "int8"):
+        raise EdlcError(f"quantize='{quantize}' is not available in this version of edlc yet (int8 is)")
+    if quantize == "int8" and calibration is None:
+        raise InputError("quantize='int8' needs calibration data: an .npz file (--calib) or an "
+                         "iterable of input dicts (calibration=...)")
+    if quantize is None and calibration is not None:
+        raise InputError("calibration data is only used with quantize='int8'")
 
 
 def _binding_hint(graph: Graph) -> str:

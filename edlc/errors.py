@@ -43,3 +43,17 @@ class LoweringError(EdlcError):
 
 class ArtifactError(EdlcError):
     """An artifact directory is missing, incomplete or from an incompatible version."""
+
+
+def first_line(e: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (TVM and protobuf append pages of context),
+    or its type name when it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception's whole message on one line (onnx's checker splits one sentence over
+    several lines), or its type name when it has no message."""
+    text = " ".join(str(e).split())
+    return text[:limit] if text else type(e).__name__

@@ -18,13 +18,26 @@ from typing import Any
 import numpy as np
 
 from edlc import artifact
-from edlc.errors import InputError, TargetError
+from edlc.errors import ArtifactError, InputError, TargetError, first_line
 from edlc.ir.types import numpy_dtype
 from edlc.target import Target, get_runner
 
 
 def _fmt(spec: Mapping[str, Any]) -> str:
     return f"{spec['name']}: {spec['dtype']}[{', '.join(str(d) for d in spec['shape'])}]"
+
+
+def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Named input arrays from an .npz file (`np.savez(path, x=...)`)."""
+    unnamed = (f"{path}: holds one unnamed array; save the inputs by name with "
+               "np.savez(path, input_name=array, ...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except AttributeError:  # np.load gave a .npy's plain array, which is no context manager
+        raise InputError(unnamed) from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot read inputs ({first_line(e)})") from e
 
 
 def check_inputs(inputs: Mapping[str, Any], specs: list[dict[str, Any]]) -> list[np.ndarray]:
@@ -41,10 +54,14 @@ def check_inputs(inputs: Mapping[str, Any], specs: list[dict[str, Any]]) -> list
     arrays = []
     bound: dict[str, int] = {}
     for s in specs:
-        a = np.asarray(inputs[s["name"]])
+        try:
+            a = np.asarray(inputs[s["name"]])
+        except (ValueError, TypeError) as e:  # ragged lists and such
+            raise InputError(f"input '{s['name']}': not an array ({first_line(e)}); expected {_fmt(s)}") from e
         want = numpy_dtype(s["dtype"])
         if a.dtype != want:
-            raise InputError(f"input '{s['name']}': dtype {a.dtype}, expected {_fmt(s)}")
+            raise InputError(f"input '{s['name']}': dtype {a.dtype}, expected {_fmt(s)} "
+                             f"(convert with .astype(np.{want.name}))")
         if a.ndim != len(s["shape"]):
             raise InputError(f"input '{s['name']}': shape {list(a.shape)}, expected {_fmt(s)}")
         for got, dim in zip(a.shape, s["shape"]):
@@ -73,16 +90,21 @@ class Module:
 
     For a target whose runner is not "local" (e.g. `arm`: qemu-aarch64), `run` executes the
     exported bundle through that runner (exporting to a private temporary directory first if
-    the module was never exported); `executable` is None for such a module loaded from disk."""
+    the module was never exported); `executable` is None for such a module loaded from disk.
+    A GPU target's model runs in this process on the GPU (`executable` is None when loaded
+    where there is none); `device_files` are its kernel binaries, written into the artifact."""
 
     def __init__(self, executable, manifest: dict[str, Any], params: dict[str, np.ndarray],
-                 directory: Path | None = None):
+                 directory: Path | None = None, device_files: Mapping[str, bytes] | None = None):
         self.executable = executable
         self.manifest = manifest
         self.params = params
         self.directory = directory
+        self.device_files = dict(device_files or {})
         self.target = Target.from_json(manifest["target"])
         self._vm = None
+        self._device = None
+        self._sync = lambda: None  # waits for the device (a GPU runs kernels asynchronously)
         self._param_tensors: list | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None  # bundle for a runner
 
@@ -104,22 +126,29 @@ class Module:
                     f"target '{self.target.name}' runs under '{self.target.runner}': timing and "
                     "profiling there would measure the emulator, not the board; on the board, "
                     "run `./run-model --repeat N inputs.npz outputs.npz` in the artifact directory")
-            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
-            self._param_tensors = [tvm.runtime.tensor(self.params[n]) for n in self.manifest["params"]]
+            self._device = _device(self.target)
+            if self.target.device != "cpu":
+                self._sync = self._device.sync
+            self._vm = relax.VirtualMachine(self.executable, self._device)
+            self._param_tensors = [tvm.runtime.tensor(self.params[n], self._device)
+                                   for n in self.manifest["params"]]
         return self._vm
+
+    def _args(self, arrays: list[np.ndarray]) -> list:
+        """Inputs then weights, as tensors on the device the model runs on."""
+        import tvm
+
+        return [tvm.runtime.tensor(a, self._device) for a in arrays] + self._param_tensors
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the built code on `inputs`; returns {output name: array}."""
-        import tvm
-
         arrays = check_inputs(inputs, self.inputs)
         runner = get_runner(self.target.runner)
         if runner is not None:
             named = {s["name"]: a for s, a in zip(self.inputs, arrays)}
             return runner.run(self._bundle_directory(), self.manifest, named)
         vm = self._machine()
-        args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
-        result = vm["main"](*args)
+        result = vm["main"](*self._args(arrays))
         flat = _flatten(result)
         names = [o["name"] for o in self.outputs]
         if len(flat) != len(names):
@@ -128,15 +157,14 @@ class Module:
 
     def time(self, inputs: Mapping[str, Any], repeat: int = 10, warmup: int = 2) -> list[float]:
         """Wall-clock seconds of `repeat` runs after `warmup` runs (inputs converted once)."""
-        import tvm
-
         arrays = check_inputs(inputs, self.inputs)
         vm = self._machine()
-        args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
+        args = self._args(arrays)
         times = []
         for i in range(warmup + repeat):
             t0 = time.perf_counter()
             vm["main"](*args)
+            self._sync()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         return times
@@ -149,13 +177,13 @@ class Module:
         TVM 0.27's VM has no profiler: this uses `set_instrument`, whose callback runs before and
         after every VM call, on a VM of its own (the one `run` and `time` use stays
         uninstrumented). The callback adds a few microseconds per call."""
-        import tvm
         from tvm import relax
 
         arrays = check_inputs(inputs, self.inputs)
         self._machine()  # checks the runner, converts the params
-        vm = relax.VirtualMachine(self.executable, tvm.cpu())
-        args = [tvm.runtime.tensor(a) for a in arrays] + self._param_tensors
+        vm = relax.VirtualMachine(self.executable, self._device)
+        args = self._args(arrays)
+        sync = self._sync
         for _ in range(warmup):
             vm["main"](*args)
         calls: dict[str, int] = {}
@@ -164,6 +192,7 @@ class Module:
         clock = time.perf_counter
 
         def instrument(func, name, before, ret, *call_args):
+            sync()  # on a GPU: time the kernel, not its launch
             now = clock()
             if before:
                 stack.append([str(name), now, 0.0])
@@ -190,6 +219,8 @@ class Module:
         runner = get_runner(self.target.runner)
         with artifact.atomic_directory(out) as tmp:
             self.executable.export_library(str(tmp / artifact.LIBRARY), **self._export_options())
+            for name, data in self.device_files.items():
+                (tmp / name).write_bytes(data)
             artifact.write_params(tmp, {n: self.params[n] for n in self.manifest["params"]})
             if runner is not None:
                 extra = runner.bundle(tmp, self.manifest)
@@ -210,7 +241,16 @@ class Module:
         return Path(self._scratch.name) / "artifact"
 
     def _export_options(self) -> dict[str, Any]:
-        return {"cc": self.target.cc} if self.target.cc else {}
+        options: dict[str, Any] = {"cc": self.target.cc} if self.target.cc else {}
+        if self.target.device == "cuda":  # model.so carries the cubin, not the CUDA source
+            from edlc.targets import cuda
+
+            cubin = self.device_files.get(cuda.cubin_name(self.target.tvm["arch"]))
+            if cubin is None:
+                raise TargetError(f"this module was loaded from {self.directory}; copy that "
+                                  "directory instead of exporting it again")
+            options["fpack_imports"] = cuda.embed_cubin(cubin)
+        return options
 
     def __repr__(self) -> str:
         ins = ", ".join(_fmt(s) for s in self.inputs)
@@ -234,7 +274,28 @@ def load(directory: str | os.PathLike) -> Module:
 
     d = Path(directory)
     manifest, params = artifact.read_artifact(d)
-    if Target.from_json(manifest["target"]).runner != "local":
+    target = Target.from_json(manifest["target"])
+    if target.runner != "local":
         return Module(None, manifest, params, directory=d)  # built for another machine
-    lib = tvm.runtime.load_module(str(d / artifact.LIBRARY))
+    if target.device == "cuda":
+        from edlc.targets.cuda import gpu_present
+
+        if not gpu_present():  # TVM cannot load GPU code here; `run` says why
+            return Module(None, manifest, params, directory=d)
+    try:
+        lib = tvm.runtime.load_module(str(d / artifact.LIBRARY))
+    except Exception as e:  # a truncated or foreign library
+        raise ArtifactError(f"{d / artifact.LIBRARY}: cannot load the built model ({first_line(e)}); "
+                            "compile it again") from e
     return Module(lib, manifest, params, directory=d)
+
+
+def _device(target: Target):
+    """The TVM device the target's kernels run on; a TargetError when it is absent."""
+    import tvm
+
+    if target.device == "cuda":
+        from edlc.targets.cuda import device
+
+        return device(target.tvm["arch"])
+    return tvm.cpu()

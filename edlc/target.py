@@ -26,10 +26,13 @@ class Target:
     tvm: dict[str, Any]  # TVM target in dict form
     host: dict[str, Any] | None = None
     cc: str | None = None  # compiler/linker for the shared library; None = host default
-    runner: str = "local"  # local | qemu-aarch64 | qemu-system-arm | cuda
+    runner: str = "local"  # local (in this process, GPU included) | qemu-aarch64 | qemu-system-arm
     description: str = ""
     features: dict[str, bool] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    # microcontrollers: cpu, C flags, QEMU board, memory map; such a target builds a firmware
+    # project ahead of time (no TVM runtime) instead of a shared library
+    mcu: dict[str, Any] | None = None
 
     def tvm_target(self):
         import tvm
@@ -38,14 +41,21 @@ class Target:
             return tvm.target.Target(self.tvm, host=self.host)
         return tvm.target.Target(self.tvm)
 
+    @property
+    def device(self) -> str:
+        """Where the kernels run: "cuda" (a GPU driven from the host code, in this process)
+        or "cpu" (the host code's own processor, here or under the runner)."""
+        return "cuda" if self.tvm.get("kind") == "cuda" else "cpu"
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "tvm": self.tvm, "host": self.host, "cc": self.cc,
-                "runner": self.runner, "features": self.features}
+                "runner": self.runner, "features": self.features,
+                **({"mcu": self.mcu} if self.mcu is not None else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Target:
         return cls(d["name"], d["tvm"], d.get("host"), d.get("cc"), d.get("runner", "local"),
-                   features=d.get("features", {}))
+                   features=d.get("features", {}), mcu=d.get("mcu"))
 
 
 TargetFactory = Callable[..., Target]

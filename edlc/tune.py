@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edlc.errors import EdlcError, InputError, LoweringError
+from edlc.records import count_records, locked, repair
 
 Progress = Callable[[str], None]
 
@@ -47,7 +48,7 @@ class TaskInfo:
 class TuneResult:
     records: Path
     tasks: list[TaskInfo]
-    trials_before: int  # records already in the database when this run started
+    trials_before: int  # records of this model already in the database when this run started
     trials_run: int
     seconds: float
     stopped: str = ""  # why tuning stopped early ("time budget", "interrupted"), if it did
@@ -79,14 +80,6 @@ def parse_tracker(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise InputError(f"--rpc-tracker '{text}': expected HOST:PORT")
     return host, int(port)
-
-
-def count_records(records: Path) -> int:
-    path = records / "database_tuning_record.json"
-    if not path.is_file():
-        return 0
-    with open(path) as f:
-        return sum(1 for line in f if line.strip())
 
 
 def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -304,17 +297,26 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
     """Tune a model's kernels until `records` holds `trials` measured candidates (counting
     those of earlier runs) or the time budget is spent. The first measured candidate of each
     kernel is edlc's default schedule."""
-    from tvm.s_tir import meta_schedule as ms
-
     if trials < 1:
         raise InputError(f"--trials must be at least 1, got {trials}")
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
     records = Path(records)
-    records.mkdir(parents=True, exist_ok=True)
     _, tvm_target, extracted = extract(model, target, input_shapes, opt_level)
     if not extracted:
         raise InputError("the model has no kernels to tune")
-    before = count_records(records)
+    with locked(records, progress):
+        check = repair(records)
+        if check.dropped:
+            progress(check.report(records) + f"; the originals are kept as {records}/*.corrupt")
+        return _tune_tasks(extracted, tvm_target, records, trials, time_budget_s, rpc_tracker,
+                           rpc_key, trials_per_iter, population, progress)
+
+
+def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s: float | None,
+                rpc_tracker: str | None, rpc_key: str | None, trials_per_iter: int | None,
+                population: int, progress: Progress) -> TuneResult:
+    from tvm.s_tir import meta_schedule as ms
+
     load_tensor_intrinsics(_intrinsic_family(tvm_target))
     contexts, calls = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=extracted, work_dir=str(records),
@@ -324,11 +326,13 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
     total_work = sum(work) or 1.0
     infos = [TaskInfo(t.task_name, int(c), f, w / total_work)
              for t, c, f, w in zip(extracted, calls, flops, work)]
-    result = TuneResult(records, infos, before, 0, 0.0)
     database = ms.database.JSONDatabase(work_dir=str(records))
     _known_best(contexts, infos, database)
+    before = sum(i.trials_before for i in infos)  # this model's records (a directory may hold others')
+    result = TuneResult(records, infos, before, 0, 0.0)
     if trials - before <= 0:
-        progress(f"tuning: {records} already holds {before} records (--trials {trials}); nothing to do")
+        progress(f"tuning: {records} already holds {before} records of this model (--trials {trials}); "
+                 "nothing to do")
         return _finish(result, [], time.monotonic())
     stop: list[str] = []
     start = time.monotonic()
@@ -340,11 +344,11 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
         if seeded:
             progress(f"tuning: measured the default schedules of {seeded} kernels, "
                      f"model ~{_estimate_ms(infos):.2f} ms")
-        remaining = trials - count_records(records)
+        remaining = trials - before - seeded
         if remaining > 0:
             batch = _batch_size(trials_per_iter, remaining, len(infos))
             progress(f"tuning {len(infos)} tasks, {remaining} trials in batches of {batch} "
-                     f"({count_records(records)} records in {records})")
+                     f"({before + seeded} records of this model in {records})")
             policy = _Policy(infos, batch, remaining, start, time_budget_s, stop)
             ms.tune_tasks(
                 tasks=contexts,
@@ -373,7 +377,7 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
 
 
 def _finish(result: TuneResult, stop: list[str], start: float) -> TuneResult:
-    result.trials_run = count_records(result.records) - result.trials_before
+    result.trials_run = sum(i.trials for i in result.tasks)
     result.seconds = time.monotonic() - start
     result.stopped = stop[0] if stop else ""
     if all(i.best_us is not None for i in result.tasks):

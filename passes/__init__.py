@@ -5,6 +5,7 @@ Import order is the order of the default pipeline: each pass joins it from its m
 
 # isort: off
 from edlc.passes import (  # noqa: F401
+    quantize,  # first: import-qdq must see DequantizeLinear before constants fold
     fold_constants,
     simplify,
     cse,

@@ -16,16 +16,28 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from edlc.errors import ModelError, ShapeError
+from edlc.errors import EdlcError, ModelError, ShapeError, first_line, one_line
+from edlc.frontend.onnx_checks import (
+    check_dims,
+    check_graph,
+    check_opsets,
+    check_tensor,
+    check_text,
+    human_bytes,
+    itemsize,
+    max_tensor_bytes,
+)
 from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.types import DTYPES, TensorType, dtype_name, numpy_dtype
 
-MIN_OPSET = 7
 InputShapes = Mapping[str, Sequence[int]]
+# protobuf cannot parse a message over 2 GiB; bigger models keep their weights as external data
+MAX_MODEL_FILE_BYTES = (2 << 30) - 1
 
 
 # ---- dtypes ------------------------------------------------------------------------------------
-def onnx_dtype_name(elem_type: int) -> str:
+def onnx_dtype_name(elem_type: int, what: str = "a tensor") -> str:
+    """edlc's dtype name for an ONNX element type; ModelError naming `what` if edlc has none."""
     if elem_type == TensorProto.STRING:
         return "string"
     if elem_type == TensorProto.INT4:
@@ -38,7 +50,7 @@ def onnx_dtype_name(elem_type: int) -> str:
         name = None
     if name not in DTYPES:
         label = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
-        raise ModelError(f"unsupported tensor element type {label}")
+        raise ModelError(f"{what} has element type {label}, which edlc does not support")
     return name
 
 
@@ -56,39 +68,67 @@ def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    size = path.stat().st_size
+    if size > MAX_MODEL_FILE_BYTES:
+        raise ModelError(f"{path}: {size} bytes is over protobuf's 2 GiB limit; save the weights as "
+                         "external data (onnx.save(..., save_as_external_data=True))")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends
-        raise ModelError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot parse'})") from e
+        raise ModelError(f"{path}: not a valid ONNX model ({type(e).__name__}: {first_line(e)})") from e
+    check_text(model, str(path))
     _load_external_data(model, path.parent.resolve(), path)
     return model
 
 
 def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
-    from onnx.external_data_helper import (
-        _get_all_tensors,
-        load_external_data_for_tensor,
-        uses_external_data,
-    )
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     for t in _get_all_tensors(model):
         if not uses_external_data(t):
             continue
+        what = f"{path}: tensor '{t.name}'"
+        check_tensor(t, what)
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        target = (base / loc).resolve()
-        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts or not target.is_relative_to(base):
-            raise ModelError(
-                f"{path}: tensor '{t.name}' points at external data '{loc}' outside the model's folder"
-            )
-        if not target.is_file():
-            raise ModelError(f"{path}: tensor '{t.name}': external data file '{loc}' is missing")
-        try:
-            load_external_data_for_tensor(t, str(base))
-        except Exception as e:
-            raise ModelError(f"{path}: tensor '{t.name}': cannot read external data '{loc}': {e}") from e
+        target = _inside(base, loc, what)
+        offset, length = (_external_int(info, key, what) for key in ("offset", "length"))
+        available = target.stat().st_size
+        offset = offset or 0
+        length = available - offset if length is None else length
+        if offset + length > available or length < 0:
+            raise ModelError(f"{what}: external data asks for bytes {offset}..{offset + length} of "
+                             f"'{loc}', which has {available}")
+        with open(target, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
         del t.external_data[:]
         t.data_location = TensorProto.DEFAULT
+
+
+def _inside(base: Path, loc: str, what: str) -> Path:
+    """The file external data at `loc` names, which must lie inside `base` (the model's folder;
+    symlinks are followed before the check)."""
+    if not loc or "\0" in loc:
+        raise ModelError(f"{what}: external data location {loc!r} is not a file name")
+    target = (base / loc).resolve()
+    if os.path.isabs(loc) or ".." in Path(loc).parts or not target.is_relative_to(base):
+        raise ModelError(f"{what} points at external data '{loc}' outside the model's folder")
+    if not target.is_file():
+        raise ModelError(f"{what}: external data file '{loc}' is missing")
+    return target
+
+
+def _external_int(info: dict[str, str], key: str, what: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        raise ModelError(f"{what}: external data {key} '{info[key]}' is not a number") from None
+    if value < 0:
+        raise ModelError(f"{what}: external data {key} {value} is negative")
+    return value
 
 
 def load_onnx(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None) -> Graph:
@@ -100,23 +140,21 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputSha
     if input_shapes:
         bind_input_shapes(proto, input_shapes, where)
     proto = _infer_shapes(proto, where)
-    return import_model(proto)
+    return import_model(proto, where)
 
 
 def _checked_copy(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """A copy of the model, checked: edlc's own checks first (one line naming the node), then
+    onnx's checker. Nodes out of topological order are sorted in the copy."""
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    opset = {o.domain or "": o.version for o in copy.opset_import}
-    if "" not in opset and "ai.onnx" not in opset:
-        raise ModelError(f"{where}: the model imports no ONNX opset (opset_import lacks the default domain)")
-    version = opset.get("", opset.get("ai.onnx"))
-    if version < MIN_OPSET:
-        raise ModelError(f"{where}: opset {version} is older than the oldest supported ({MIN_OPSET}); "
-                         "upgrade it with onnx.version_converter")
+    check_text(copy, where)
+    opsets = check_opsets(copy, where)
+    check_graph(copy.graph, opsets, where)
     try:
         onnx.checker.check_model(copy)
     except Exception as e:
-        raise ModelError(f"{where}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from e
+        raise ModelError(f"{where}: invalid ONNX model: {one_line(e)}") from e
     return copy
 
 
@@ -141,13 +179,14 @@ def bind_input_shapes(proto: onnx.ModelProto, input_shapes: InputShapes, where: 
                 raise ShapeError(f"{where}: input '{name}' has fixed dim {d.dim_value}, cannot bind it to {s}")
             d.Clear()
             d.dim_value = int(s)
+        check_dims([int(s) for s in shape], tt.elem_type, f"{where}: input '{name}' bound to {list(shape)}")
 
 
 def _infer_shapes(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:
-        raise ShapeError(f"{where}: ONNX shape inference failed: {str(e).strip().splitlines()[0]}") from e
+        raise ShapeError(f"{where}: ONNX shape inference failed: {one_line(e)}") from e
 
 
 # ---- import ------------------------------------------------------------------------------------
@@ -161,7 +200,7 @@ def tensor_type_of(vi: onnx.ValueInfoProto | onnx.TypeProto, what: str) -> Tenso
     tt = tp.tensor_type
     if tt.elem_type == TensorProto.UNDEFINED:
         return None
-    dtype = onnx_dtype_name(tt.elem_type)
+    dtype = onnx_dtype_name(tt.elem_type, what)
     if not tt.HasField("shape"):
         return TensorType(None, dtype)
     dims: list[int | str] = []
@@ -170,13 +209,31 @@ def tensor_type_of(vi: onnx.ValueInfoProto | onnx.TypeProto, what: str) -> Tenso
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or f"?{i}")
+    check_dims(dims, tt.elem_type, what)
     return TensorType(tuple(dims), dtype)
 
 
-def import_model(proto: onnx.ModelProto) -> Graph:
+def tensor_array(t: TensorProto, what: str) -> np.ndarray:
+    """A TensorProto's data as an array, its element type and size checked before it is read."""
+    check_tensor(t, what)
+    onnx_dtype_name(t.data_type, what)  # refuses element types edlc has no dtype for
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:  # data that does not fill the declared shape, and such
+        raise ModelError(f"{what} cannot be read: {one_line(e)}") from e
+    if dtype_name(arr.dtype) not in DTYPES:
+        raise ModelError(f"{what} has element type {arr.dtype}, which edlc does not support")
+    return arr
+
+
+def import_model(proto: onnx.ModelProto, where: str = "model") -> Graph:
+    """A checked, shape-inferred ModelProto as an edlc Graph; errors start with `where`."""
     opset = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
     graph = Graph(proto.graph.name or "main", opset)
-    _import_graph(proto.graph, graph, {})
+    try:
+        _import_graph(proto.graph, graph, {})
+    except EdlcError as e:
+        raise type(e)(f"{where}: {e}") from e
     return graph
 
 
@@ -184,11 +241,7 @@ def _import_graph(gp: onnx.GraphProto, graph: Graph, outer: dict[str, Value]) ->
     scope: dict[str, Value] = dict(outer)
     types = {vi.name: vi for vi in list(gp.value_info) + list(gp.output)}
     for t in gp.initializer:
-        try:
-            arr = numpy_helper.to_array(t)
-        except Exception as e:
-            raise ModelError(f"initializer '{t.name}' cannot be read: {e}") from e
-        scope[t.name] = _const_value(graph, t.name, arr)
+        scope[t.name] = _const_value(graph, t.name, tensor_array(t, f"initializer '{t.name}'"))
     for vi in gp.input:
         if vi.name in scope and vi.name not in outer:
             continue  # an initializer listed as input (old exporters): a constant
@@ -202,8 +255,7 @@ def _import_graph(gp: onnx.GraphProto, graph: Graph, outer: dict[str, Value]) ->
     for i, np_ in enumerate(gp.node):
         name = np_.name or f"{np_.op_type}_{i}"
         if np_.op_type == "Constant" and np_.domain in ("", "ai.onnx"):
-            node = Node("Constant", [], [Value(np_.output[0], None)], _decode_attrs(np_, graph, scope), name=name)
-            (arr,) = evaluate_node(node, [], graph.opset)
+            arr = constant_array(np_, f"node '{name}' (Constant)")
             scope[np_.output[0]] = _const_value(graph, np_.output[0], arr)
             continue
         inputs = []
@@ -218,11 +270,11 @@ def _import_graph(gp: onnx.GraphProto, graph: Graph, outer: dict[str, Value]) ->
         outputs = []
         for nm in np_.output:
             vi = types.get(nm)
-            t = tensor_type_of(vi, f"output '{nm}' of node '{name}'") if vi is not None else None
+            t = tensor_type_of(vi, f"output '{nm}' of node '{name}' ({np_.op_type})") if vi is not None else None
             outputs.append(Value(nm, t))
             graph._names.add(nm)
-        node = Node(np_.op_type, inputs, outputs, _decode_attrs(np_, graph, scope), name=graph.unique_node_name(name),
-                    domain=np_.domain if np_.domain != "ai.onnx" else "")
+        node = Node(np_.op_type, inputs, outputs, _decode_attrs(np_, name, graph, scope),
+                    name=graph.unique_node_name(name), domain=np_.domain if np_.domain != "ai.onnx" else "")
         graph.nodes.append(node)
         for nm, v in zip(np_.output, outputs):
             if nm:
@@ -241,19 +293,76 @@ def _const_value(graph: Graph, name: str, arr: np.ndarray) -> Value:
     return Value(name, TensorType.of(arr), const=arr)
 
 
-def _decode_attrs(np_: onnx.NodeProto, graph: Graph, scope: dict[str, Value]) -> dict[str, Any]:
+_CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints",
+                   "value_string", "value_strings", "sparse_value")
+
+
+def constant_array(np_: onnx.NodeProto, what: str) -> np.ndarray:
+    """The value of a Constant node, read directly (onnx's reference evaluator would trust a
+    sparse tensor's dims and allocate them, and fails without a word on a missing value)."""
+    given = [a for a in np_.attribute if a.name in _CONSTANT_ATTRS]
+    if len(given) != 1 or len(np_.attribute) != 1:
+        names = [a.name for a in np_.attribute]
+        raise ModelError(f"{what}: needs exactly one of the attributes {', '.join(_CONSTANT_ATTRS)}; "
+                         f"has {names or 'none'}")
+    a = given[0]
+    expected = {"value": AttributeProto.TENSOR, "sparse_value": AttributeProto.SPARSE_TENSOR,
+                "value_float": AttributeProto.FLOAT, "value_floats": AttributeProto.FLOATS,
+                "value_int": AttributeProto.INT, "value_ints": AttributeProto.INTS,
+                "value_string": AttributeProto.STRING, "value_strings": AttributeProto.STRINGS}[a.name]
+    if a.type != expected:
+        raise ModelError(f"{what}: attribute '{a.name}' has type "
+                         f"{AttributeProto.AttributeType.Name(a.type)}, expected "
+                         f"{AttributeProto.AttributeType.Name(expected)}")
+    if a.name == "value":
+        return tensor_array(a.t, f"{what}: value")
+    if a.name == "sparse_value":
+        return _dense(a.sparse_tensor, f"{what}: sparse_value")
+    value = helper.get_attribute_value(a)
+    if a.name in ("value_string", "value_strings"):
+        return np.array(value, dtype=object)
+    return np.array(value, dtype=np.float32 if "float" in a.name else np.int64)
+
+
+def _dense(sp: onnx.SparseTensorProto, what: str) -> np.ndarray:
+    """A sparse tensor as a dense array, its dims checked before the array is allocated."""
+    check_dims(sp.dims, sp.values.data_type, what)
+    values = tensor_array(sp.values, f"{what} values").reshape(-1)
+    indices = tensor_array(sp.indices, f"{what} indices").astype(np.int64)
+    shape = tuple(int(d) for d in sp.dims)
+    size = int(np.prod(shape, dtype=np.int64))
+    if indices.ndim == 2:  # [nnz, rank] coordinates
+        if indices.shape[1] != len(shape):
+            raise ModelError(f"{what}: indices of shape {list(indices.shape)} do not fit dims {list(shape)}")
+        flat = np.ravel_multi_index(tuple(indices.T), shape, mode="wrap") if size else indices[:, 0]
+        if size and np.any((indices < 0) | (indices >= np.array(shape))):
+            raise ModelError(f"{what}: an index lies outside dims {list(shape)}")
+    else:
+        flat = indices.reshape(-1)
+    if flat.shape[0] != values.shape[0] or np.any((flat < 0) | (flat >= size)):
+        raise ModelError(f"{what}: {values.shape[0]} values with {flat.shape[0]} indices do not "
+                         f"fit dims {list(shape)}")
+    out = np.zeros(size, dtype=values.dtype)
+    out[flat] = values
+    return out.reshape(shape)
+
+
+def _decode_attrs(np_: onnx.NodeProto, name: str, graph: Graph, scope: dict[str, Value]) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for a in np_.attribute:
+        what = f"node '{name}' ({np_.op_type}): attribute '{a.name}'"
         if a.ref_attr_name:
-            raise ModelError(f"node '{np_.name}': attribute references are only valid inside functions")
+            raise ModelError(f"{what}: attribute references are only valid inside functions")
         if a.type == AttributeProto.GRAPH:
             attrs[a.name] = _subgraph(a.g, graph, scope)
         elif a.type == AttributeProto.GRAPHS:
             attrs[a.name] = [_subgraph(g, graph, scope) for g in a.graphs]
         elif a.type == AttributeProto.TENSOR:
-            attrs[a.name] = numpy_helper.to_array(a.t)
+            attrs[a.name] = tensor_array(a.t, what)
         elif a.type == AttributeProto.TENSORS:
-            attrs[a.name] = [numpy_helper.to_array(t) for t in a.tensors]
+            attrs[a.name] = [tensor_array(t, what) for t in a.tensors]
+        elif a.type == AttributeProto.SPARSE_TENSOR:
+            attrs[a.name] = _dense(a.sparse_tensor, what)
         elif a.type == AttributeProto.STRING:
             attrs[a.name] = a.s.decode("utf-8", errors="surrogateescape")
         elif a.type == AttributeProto.STRINGS:
@@ -262,8 +371,11 @@ def _decode_attrs(np_: onnx.NodeProto, graph: Graph, scope: dict[str, Value]) ->
             attrs[a.name] = [int(x) for x in a.ints]
         elif a.type == AttributeProto.FLOATS:
             attrs[a.name] = [float(x) for x in a.floats]
-        else:
+        elif a.type in (AttributeProto.INT, AttributeProto.FLOAT):
             attrs[a.name] = helper.get_attribute_value(a)
+        else:
+            raise ModelError(f"{what} has type {AttributeProto.AttributeType.Name(a.type)}, "
+                             "which edlc does not support")
     return attrs
 
 
@@ -410,25 +522,39 @@ def _one_node_model(node: Node, opset: dict[str, int], input_arrays: Sequence[np
 def infer_node_types(node: Node, opset: dict[str, int]) -> list[TensorType]:
     """Output types of one ONNX node, by ONNX's own shape inference (constants are passed as
     initializers so data-dependent shapes such as Reshape's resolve)."""
-    model = _one_node_model(node, opset, None)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"node '{node.name}' ({node.op}): {msg}") from e
+    inferred = _infer_one(_one_node_model(node, opset, None), node)
     found = {vi.name: vi for vi in list(inferred.graph.output) + list(inferred.graph.value_info)}
     types = []
     for v in node.outputs:
         vi = found.get(v.name)
-        t = tensor_type_of(vi, f"output '{v.name}' of node '{node.name}'") if vi is not None else None
+        t = tensor_type_of(vi, f"output '{v.name}' of node '{node.name}' ({node.op})") if vi is not None else None
         types.append(t if t is not None else v.type)
     return types
 
 
+def _infer_one(model: onnx.ModelProto, node: Node) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise ShapeError(f"node '{node.name}' ({node.op}): {one_line(e)}") from e
+
+
 def evaluate_node(node: Node, inputs: Sequence[np.ndarray | None], opset: dict[str, int]) -> list[np.ndarray]:
-    """Run one ONNX node with ONNX's reference evaluator."""
+    """Run one ONNX node with ONNX's reference evaluator. Its outputs' sizes are inferred from
+    the inputs' values first: a graph's declared types can be wrong, and a Range, Expand or
+    broadcast over constants can ask for more memory than the machine has."""
     from onnx.reference import ReferenceEvaluator
 
     model = _one_node_model(node, opset, inputs)
+    limit = max_tensor_bytes() // 4  # inputs and outputs live together while a node runs
+    for vi in _infer_one(model, node).graph.output:
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if t.HasField("shape") and None not in dims:
+            size = int(np.prod(dims, dtype=object)) * itemsize(t.elem_type)
+            if size > limit:
+                raise ShapeError(f"node '{node.name}' ({node.op}): evaluating it would make output "
+                                 f"'{vi.name}' {dims} of {human_bytes(size)}, over a quarter of this "
+                                 f"machine's memory ({human_bytes(limit)})")
     outs = ReferenceEvaluator(model).run(None, {})
     return [np.asarray(o) for o in outs]

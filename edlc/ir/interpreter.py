@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from edlc.errors import EdlcError
+from edlc.errors import EdlcError, first_line
 from edlc.ir.graph import Graph
 from edlc.ir.ops import evaluate
 
@@ -40,7 +40,7 @@ def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarr
             outs = evaluate(node, [read(v) for v in node.inputs], graph.opset)
         except Exception as e:
             raise EdlcError(f"node '{node.name}' ({node.qualified_op}) failed in the reference "
-                            f"interpreter: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+                            f"interpreter: {first_line(e)}") from e
         for v, a in zip(node.outputs, outs):
             env[id(v)] = np.asarray(a)
     return [read(v) for v in graph.outputs]

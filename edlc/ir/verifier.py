@@ -22,6 +22,7 @@ def verify(graph: Graph, outer: set[int] | None = None) -> None:
         if other is not None and other is not v:
             raise ModelError(f"graph '{graph.name}': value name '{v.name}' is defined twice ({where})")
         names[v.name] = v
+        _check_type(v, where)
 
     for v in graph.inputs:
         define(v, "graph input")
@@ -57,3 +58,16 @@ def verify(graph: Graph, outer: set[int] | None = None) -> None:
         for node, i in v._uses:
             if node.inputs[i] is not v:
                 raise ModelError(f"value '{v.name}': stale use by node '{node.name}' input {i}")
+
+
+def _check_type(v, where: str) -> None:
+    """Dims are non-negative ints or names; a constant's array matches its type."""
+    t = v.type
+    if t is None:
+        return
+    if t.shape is not None and any(not (isinstance(d, str) and d) and not (isinstance(d, int) and d >= 0)
+                                   for d in t.shape):
+        raise ModelError(f"value '{v.name}' ({where}) has a malformed shape {list(t.shape)}")
+    if v.is_constant and tuple(v.const.shape) != t.shape:
+        raise ModelError(f"constant '{v.name}' ({where}) holds an array of shape {list(v.const.shape)} "
+                         f"but is typed {t}")

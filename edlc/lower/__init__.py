@@ -65,6 +65,7 @@ def _ensure_rules() -> None:
     import edlc.lower.layout  # noqa: F401
     import edlc.lower.normalization  # noqa: F401
     import edlc.lower.overrides  # noqa: F401
+    import edlc.lower.quantized  # noqa: F401
     import edlc.lower.rules  # noqa: F401
 
 

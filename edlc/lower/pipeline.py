@@ -65,19 +65,26 @@ def fuse(mod, target):
         return prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target)
 
 
-def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str]]:
+def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str], list[str]]:
     """Schedule the kernels that have a tuning record in `records_dir` (a MetaSchedule JSON
-    database); returns (module, kernels with a record, kernels without)."""
+    database); returns (module, kernels with a record, kernels without, lines of the database
+    left out because they do not parse). The directory itself is only read."""
+    import tempfile
+
     import tvm
     from tvm import relax, tirx
 
-    with target, tvm.transform.PassContext(opt_level=3):
-        mod = relax.transform.MetaScheduleApplyDatabase(work_dir=str(records_dir))(mod)
+    from edlc.records import readable_copy
+
+    with tempfile.TemporaryDirectory(prefix="edlc-records-") as copy:
+        check = readable_copy(records_dir, copy)
+        with target, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(work_dir=copy)(mod)
     found, missing = [], []
     for gv, f in mod.functions.items():
         if isinstance(f, tirx.PrimFunc):
             (found if is_scheduled(f) else missing).append(gv.name_hint)
-    return mod, sorted(found), sorted(missing)
+    return mod, sorted(found), sorted(missing), check.dropped
 
 
 SCHEDULED = "tirx.is_scheduled"  # the attr TVM 0.27 sets on a scheduled PrimFunc
@@ -88,14 +95,17 @@ def is_scheduled(func) -> bool:
 
 
 def finish(mod, target):
-    """edlc's default schedules for the kernels tuning records did not schedule, then TVM's
-    default build passes; the module is then ready for `tvm.compile(..., relax_pipeline=None)`."""
+    """Default schedules for the kernels tuning records did not schedule (edlc's own on CPUs,
+    TVM's dlight rules on GPUs), then TVM's default build passes; the module is then ready for
+    `tvm.compile(..., relax_pipeline=None)`."""
     import tvm
 
     from edlc.schedules import apply_default_schedules
+    from edlc.schedules.gpu import apply_gpu_schedules
 
+    schedule = apply_gpu_schedules if "gpu" in target.keys else apply_default_schedules
     with target:
-        mod = apply_default_schedules(mod, target)
+        mod = schedule(mod, target)
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
     return drop_unused_kernels(mod)
 

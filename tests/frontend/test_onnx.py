@@ -105,3 +105,65 @@ def test_dangling_input_is_reported():
                           opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelError, match="ghost"):
         edlc.load_onnx(m)
+
+
+def test_external_data_through_a_linked_folder_is_refused(tmp_path):
+    (tmp_path / "secret.bin").write_bytes(b"\x00" * 48)
+    path = _external_model(tmp_path, "up/secret.bin")
+    (path.parent / "up").symlink_to(tmp_path)
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        edlc.load_onnx(path)
+
+
+@pytest.mark.parametrize("entries, match", [
+    ({"offset": "40"}, r"asks for bytes 40..88 of 'weights.bin', which has 48"),
+    ({"length": "4096"}, r"asks for bytes 0..4096"),
+    ({"offset": "-4"}, "offset -4 is negative"),
+    ({"length": "lots"}, "length 'lots' is not a number"),
+])
+def test_external_data_offsets_are_checked(tmp_path, entries, match):
+    path = _external_model(tmp_path, "weights.bin")
+    (path.parent / "weights.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    m = onnx.load(path, load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        e.value = entries.get(e.key, e.value)
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError, match=match):
+        edlc.load_onnx(path)
+
+
+def test_external_data_location_with_a_nul_is_refused(tmp_path):
+    path = _external_model(tmp_path, "weights.bin\x00.txt")
+    with pytest.raises(ModelError, match="is not a file name"):
+        edlc.load_onnx(path)
+
+
+def test_model_files_over_protobufs_limit(tmp_path):
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as f:
+        f.truncate(2 << 30)  # sparse: no disk used
+    with pytest.raises(ModelError, match="over protobuf's 2 GiB limit; save the weights as external data"):
+        edlc.load_onnx(big)
+
+
+def test_evaluation_refuses_outputs_larger_than_memory():
+    from edlc.frontend.onnx import evaluate_node
+    from edlc.ir.graph import Graph
+    from edlc.ir.types import TensorType
+
+    g = Graph()
+    start, limit, delta = (g.constant(np.array(v, np.int64)) for v in (0, 10**12, 1))
+    node = g.add_node("Range", [start, limit, delta], output_types=[TensorType(None, "int64")])  # as declared
+    with pytest.raises(ShapeError, match=r"node 'Range' \(Range\): evaluating it would make output 'range' "
+                                         r"\[1000000000000\] of 8.0 TB"):
+        evaluate_node(node, [start.const, limit.const, delta.const], g.opset)
+
+
+def test_errors_inside_the_graph_name_the_file(tmp_path):
+    w = helper.make_tensor("w", TensorProto.FLOAT4E2M1, [2], [1.0, 2.0])
+    g = helper.make_graph([helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)]), path)
+    with pytest.raises(ModelError, match=rf"^{path}: initializer 'w' has element type FLOAT4E2M1"):
+        edlc.load_onnx(path)

@@ -1,0 +1,126 @@
+"""Fuzz cases run in a child process with a per-case time limit and a memory cap, so a hang
+(a case over its time) or a crash (a signal, an abort in C++ code) is caught, reported and
+followed by a fresh child, instead of taking the test run or the machine down with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from edlc.testing.fuzz.check import Case, check_case, prepare_folder
+
+# a case may use this much memory; a bigger allocation fails in the child (MemoryError, an
+# escape) instead of exhausting the machine
+MEMORY_LIMIT = 4 << 30
+
+
+@dataclass
+class Outcome:
+    """kind: "ok", "error" (an EdlcError: fine), "escape" (any other exception), "crash"
+    (the child died), "hang" (over the time limit). `detail`: the error class, the traceback,
+    the signal."""
+
+    kind: str
+    detail: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.kind in ("escape", "crash", "hang")
+
+    @property
+    def signature(self) -> str:
+        """What identifies a finding across cases: the exception and where it was raised."""
+        if self.kind != "escape":
+            return f"{self.kind}: {self.detail.splitlines()[-1] if self.detail else ''}"
+        lines = self.detail.strip().splitlines()
+        frames = [ln.strip() for ln in lines if ln.strip().startswith("File ")]
+        # names and numbers differ from case to case; the message's shape does not
+        message = re.sub(r"'[^']*'|\d+", "_", lines[-1])[:160]
+        return f"{message} @ {frames[-1] if frames else '?'}"
+
+
+def _serve(conn: Connection, memory_limit: int, root: str) -> None:
+    """The child: run cases from `conn` until it closes, in a model folder under `root`."""
+    if memory_limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
+    devnull = os.open(os.devnull, os.O_WRONLY)  # passes and TVM print; the parent reads conn
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.environ["EDLC_VERIFY_EACH"] = "1"
+    folder = prepare_folder(Path(root))
+    while True:
+        try:
+            case = conn.recv()
+        except EOFError:
+            return
+        try:
+            result = Outcome("ok") if (kind := check_case(case, folder)) == "ok" else Outcome("error", kind)
+        except BaseException:  # noqa: BLE001  everything but EdlcError is a finding
+            result = Outcome("escape", traceback.format_exc())
+        conn.send(result)
+
+
+class Worker:
+    """A child process that runs cases one at a time: `run(case, timeout)` -> Outcome.
+    `close()` stops it and removes its files."""
+
+    def __init__(self, memory_limit: int = MEMORY_LIMIT):
+        self.memory_limit = memory_limit
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc = None
+        self._conn: Connection | None = None
+        self._root = tempfile.mkdtemp(prefix="edlc-fuzz-")
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.memory_limit, self._root),
+                                       daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def run(self, case: Case, timeout: float = 30.0) -> Outcome:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        assert self._conn is not None
+        self._conn.send(case)
+        if not self._conn.poll(timeout):
+            self._stop()
+            return Outcome("hang", f"over {timeout:.0f} s")
+        try:
+            return self._conn.recv()
+        except (EOFError, ConnectionError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._stop()
+            return Outcome("crash", f"child exited with {code}" + (" (signal)" if code and code < 0 else ""))
+
+    def close(self) -> None:
+        self._stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def _stop(self) -> None:
+        """Stop the child (kill: a hung case does not listen)."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(5)
+            self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

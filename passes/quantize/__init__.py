@@ -1,0 +1,20 @@
+"""Post-training static int8 quantization (imported as edlc.passes.quantize).
+
+    from edlc.passes.quantize import quantize
+    g8, report = quantize(graph, calibration="calib.npz", method="entropy", max_drop=1.0)
+    onnx.save(g8.to_onnx(), "model.int8.onnx")    # QDQ ONNX: onnxruntime runs it
+
+Modules: params (scales, zero points, the arithmetic), ops (edlc.qconv2d, edlc.qmatmul),
+calibrate (minmax / percentile / entropy), layers (what gets quantized), rewrite (the int8
+graph), ptq (the whole flow with accuracy fallback), report.
+"""
+
+from edlc.passes.quantize import (
+    ops,  # noqa: F401  registers edlc.qconv2d and edlc.qmatmul
+    qdq,  # noqa: F401  registers the import-qdq pass
+)
+from edlc.passes.quantize.calibrate import METHODS, load_calibration
+from edlc.passes.quantize.ptq import prepare, quantize
+from edlc.passes.quantize.report import LayerReport, QuantReport
+
+__all__ = ["METHODS", "LayerReport", "QuantReport", "load_calibration", "prepare", "quantize"]

@@ -1,0 +1,132 @@
+"""Quantization parameters and the integer arithmetic every int8 op shares.
+
+One formula everywhere (numpy references, ONNX decompositions, TVM lowering), so the three
+agree bit for bit up to float rounding of the same float32 operations:
+
+    q    = saturate(round_half_even(x / scale) + zero_point)     (QuantizeLinear)
+    x    = (q - zero_point) * scale                               (DequantizeLinear)
+    real = float32(acc_int32) * float32(x_scale * w_scale)        (int8 op epilogue)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACT_DTYPES = ("uint8", "int8")
+QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
+WEIGHT_QMAX = 127  # symmetric weights use [-127, 127]: no lone -128 without a positive twin
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale and zero point of a tensor: scalars (per tensor) or 1-D along `axis` (per channel)."""
+
+    scale: np.ndarray  # float32
+    zero_point: np.ndarray  # uint8, int8 or int32
+    axis: int | None = None
+
+    @property
+    def dtype(self) -> str:
+        return str(self.zero_point.dtype)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.ndim > 0
+
+    def same_as(self, other: QParams | None) -> bool:
+        return (other is not None and self.dtype == other.dtype and self.axis == other.axis
+                and np.array_equal(self.scale, other.scale)
+                and np.array_equal(self.zero_point, other.zero_point))
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return quantize(x, self.scale, self.zero_point, self.axis)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return dequantize(q, self.scale, self.zero_point, self.axis)
+
+    def describe(self) -> str:
+        if self.per_channel:
+            return f"{self.dtype} per-channel scale {self.scale.min():.3g}..{self.scale.max():.3g}"
+        return f"{self.dtype} scale {float(self.scale):.4g} zp {int(self.zero_point)}"
+
+
+def _along(a: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along `axis` of an ndim-array."""
+    if a.ndim == 0 or axis is None:
+        return a
+    shape = [1] * ndim
+    shape[axis % ndim] = a.size
+    return a.reshape(shape)
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """ONNX QuantizeLinear: round half to even, then saturate to the zero point's type."""
+    scale = _along(np.asarray(scale, np.float32), axis, np.ndim(x))
+    zp = np.asarray(zero_point)
+    lo, hi = QRANGE[str(zp.dtype)]
+    q = np.rint(np.asarray(x, np.float32) / scale) + _along(zp, axis, np.ndim(x)).astype(np.float64)
+    return np.clip(q, lo, hi).astype(zp.dtype)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:
+    scale = _along(np.asarray(scale, np.float32), axis, np.ndim(q))
+    zp = _along(np.asarray(zero_point), axis, np.ndim(q)).astype(np.int64)
+    return ((np.asarray(q).astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def activation_params(lo: float, hi: float, dtype: str = "uint8") -> QParams:
+    """Per-tensor parameters covering [lo, hi] (widened to hold 0, which must be exact: it is
+    the padding value and ReLU's floor). uint8 is asymmetric, int8 symmetric (zero point 0)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "int8":
+        scale = max(abs(lo), abs(hi)) / 127.0
+        zp = 0
+    else:
+        scale = (hi - lo) / 255.0
+        zp = 0 if scale == 0 else int(np.clip(round(-lo / scale), 0, 255))
+    scale = np.float32(scale if scale > 0 else 1.0)
+    return QParams(np.array(scale, np.float32), np.array(zp, dtype))
+
+
+def weight_params(w: np.ndarray, axis: int) -> QParams:
+    """Symmetric per-channel int8 parameters for a weight, one scale per slice along `axis`."""
+    other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    amax = np.abs(w).max(axis=other) if other else np.abs(w)
+    scale = (amax / WEIGHT_QMAX).astype(np.float32)
+    scale[scale == 0] = 1.0
+    return QParams(scale, np.zeros(scale.shape, np.int8), axis % w.ndim)
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, QParams]:
+    p = weight_params(w, axis)
+    q = np.clip(np.rint(w / _along(p.scale, p.axis, w.ndim)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return q, p
+
+
+def bias_scale(x_scale: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """The scale of the int32 bias and of the accumulator: x_scale * w_scale in float32."""
+    return (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+
+
+def quantize_bias(b: np.ndarray, x_scale: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    lo, hi = QRANGE["int32"]
+    s = bias_scale(x_scale, w_scale)
+    return np.clip(np.rint(b.astype(np.float64) / s), lo, hi).astype(np.int32)
+
+
+def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when equal)."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(np.sum((ref - np.asarray(approx, np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return 10.0 * np.log10(signal / noise)
+
+
+__all__ = ["ACT_DTYPES", "QRANGE", "QParams", "activation_params", "bias_scale", "dequantize",
+           "quantize", "quantize_bias", "quantize_weight", "sqnr", "weight_params"]

@@ -1,0 +1,233 @@
+"""Build the int8 graph: each chosen layer becomes `edlc.qconv2d` / `edlc.qmatmul` between a
+QuantizeLinear of its input and a DequantizeLinear of its output; then the edges between int8
+layers vanish, so Q/DQ stay only where an int8 region meets float ops.
+
+    before: %c = Conv(%x, %w, %b); %r = Relu(%c); %p = MaxPool(%r); %d = Conv(%p, %w2)
+    after:  %xq = QuantizeLinear(%x); %rq = edlc.qconv2d[clip_min=0](%xq, .., %w_int8, ..)
+            %pq = MaxPool(%rq); %d = edlc.qconv2d(%pq, .., no y_scale: float output)
+
+Three clean-ups do it: DequantizeLinear moves below ops that only move values (MaxPool,
+Reshape, ...), a QuantizeLinear of a DequantizeLinear with the same parameters is the int8
+value itself, and an int8 op whose output is only dequantized for float readers computes the
+float output directly (no rounding to 8 bits on the way out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edlc.ir.graph import Graph, Node, Value
+from edlc.passes.quantize.layers import PASSTHROUGH, Layer, find_layers
+from edlc.passes.quantize.ops import Y_SCALE, Y_ZP
+from edlc.passes.quantize.params import QParams, activation_params, quantize_bias, quantize_weight
+
+
+@dataclass
+class LayerParams:
+    input: QParams
+    weight: QParams
+    output: QParams | None  # None: the layer's output stays float
+
+
+def _passthrough(node: Node | None) -> bool:
+    return node is not None and not node.domain and node.op in PASSTHROUGH and len(node.outputs) == 1
+
+
+def plan_params(layers: Sequence[Layer], enabled: set[str], ranges: Mapping[str, tuple[float, float]],
+                act_dtype: str) -> dict[str, tuple[QParams, QParams]]:
+    """(input params, output params) per enabled layer. A value reached from an int8 layer's
+    output through passthrough ops keeps that output's parameters, so no requantization is
+    needed there."""
+    outputs = {id(layer.output): layer for layer in layers if layer.name in enabled}
+
+    def params(v: Value) -> QParams:
+        src = v
+        while _passthrough(src.producer) and src.producer.inputs[0] is not None:
+            src = src.producer.inputs[0]
+            if id(src) in outputs:
+                return activation_params(*ranges[src.name], act_dtype)
+        return activation_params(*ranges[v.name], act_dtype)
+
+    return {layer.name: (params(layer.input), params(layer.output))
+            for layer in layers if layer.name in enabled}
+
+
+def _rename_swap(old: Value, new: Value) -> None:
+    """`new` takes `old`'s name (graph outputs and taps keep their names)."""
+    old.name, new.name = new.name, old.name
+
+
+def _replace(graph: Graph, old: Value, new: Value) -> None:
+    _rename_swap(old, new)
+    graph.replace_all_uses(old, new)
+
+
+def _consts(graph: Graph, p: QParams, name: str) -> tuple[Value, Value]:
+    return graph.constant(p.scale, f"{name}.scale"), graph.constant(p.zero_point, f"{name}.zero_point")
+
+
+def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
+                   quantized_inputs: dict[int, tuple[Value, QParams]]) -> QParams:
+    before = layer.anchor
+    x = layer.anchor.inputs[0]  # an earlier rewrite may have replaced `layer.input`
+    key = id(x)
+    if key not in quantized_inputs or not quantized_inputs[key][1].same_as(pin):
+        s, z = _consts(graph, pin, x.name)
+        q = graph.add_node("QuantizeLinear", [x, s, z], name=f"{x.name}.quantize", before=before)
+        quantized_inputs[key] = (q.outputs[0], pin)
+    xq = quantized_inputs[key][0]
+    axis = 0 if layer.kind == "conv" else 1
+    wq, pw = quantize_weight(layer.weight, axis)
+    ins = [xq, *_consts(graph, pin, f"{layer.name}.x"), graph.constant(wq, f"{layer.name}.weight_int8"),
+           *_consts(graph, pw, f"{layer.name}.w"), *_consts(graph, pout, f"{layer.name}.y")]
+    if layer.bias is not None:
+        ins.append(graph.constant(quantize_bias(layer.bias, pin.scale, pw.scale), f"{layer.name}.bias_int32"))
+    attrs = dict(layer.attrs)
+    lo, hi = layer.clip
+    if lo is not None:
+        attrs["clip_min"] = float(lo)
+    if hi is not None:
+        attrs["clip_max"] = float(hi)
+    op = "qconv2d" if layer.kind == "conv" else "qmatmul"
+    node = graph.add_node(op, ins, attrs, domain="edlc", name=f"{layer.name}.int8", before=before)
+    s, z = _consts(graph, pout, layer.output.name)
+    dq = graph.add_node("DequantizeLinear", [node.outputs[0], s, z], name=f"{layer.name}.dequantize",
+                        before=before)
+    _replace(graph, layer.output, dq.outputs[0])
+    for n in reversed(layer.nodes):
+        graph.remove_node(n)
+    return pw
+
+
+# ---- clean-ups -------------------------------------------------------------------------------
+def _is(node: Node | None, op: str) -> bool:
+    return node is not None and not node.domain and node.op == op
+
+
+def _dq_params(node: Node) -> tuple[Value, Value | None] | None:
+    """(scale, zero point) of a per-tensor DequantizeLinear with constant parameters."""
+    s = node.inputs[1]
+    z = node.inputs[2] if len(node.inputs) > 2 else None
+    if not s.is_constant or s.const.size != 1 or (z is not None and not z.is_constant):
+        return None
+    return s, z
+
+
+def _same(a: Value | None, b: Value | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.const.dtype == b.const.dtype and np.array_equal(a.const, b.const)
+
+
+def sink_dequantize(graph: Graph) -> bool:
+    """P(DQ(q)) -> DQ(P(q)) for ops P that only move values."""
+    changed = False
+    for node in list(graph.nodes):
+        if not _passthrough(node) or node.inputs[0] is None:
+            continue
+        dq = node.inputs[0].producer
+        if not _is(dq, "DequantizeLinear") or _dq_params(dq) is None:
+            continue
+        q = dq.inputs[0]
+        moved = graph.add_node(node.op, [q, *node.inputs[1:]], dict(node.attrs),
+                               name=f"{node.name}.int8", before=node)
+        new = graph.add_node("DequantizeLinear", [moved.outputs[0], *dq.inputs[1:]],
+                             name=f"{node.name}.dequantize", before=node)
+        _replace(graph, node.outputs[0], new.outputs[0])
+        graph.remove_node(node)
+        changed = True
+    return changed
+
+
+def fold_requantize(graph: Graph) -> bool:
+    """Q(DQ(q, s, z), s, z) -> q."""
+    changed = False
+    for node in list(graph.nodes):
+        if not _is(node, "QuantizeLinear") or node.outputs[0] in graph.outputs:
+            continue
+        dq = node.inputs[0].producer
+        if not _is(dq, "DequantizeLinear") or _dq_params(dq) is None:
+            continue
+        zq = node.inputs[2] if len(node.inputs) > 2 else None
+        zd = dq.inputs[2] if len(dq.inputs) > 2 else None
+        if not (node.inputs[1].is_constant and _same(node.inputs[1], dq.inputs[1]) and
+                (zq is None or zq.is_constant) and _same(zq, zd)):
+            continue
+        graph.replace_all_uses(node.outputs[0], dq.inputs[0])
+        changed = True
+    return changed
+
+
+def float_outputs(graph: Graph) -> bool:
+    """An int8 op whose output is only dequantized, and never requantized, outputs float."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.domain != "edlc" or node.op not in ("qconv2d", "qmatmul") or len(node.inputs) <= Y_SCALE \
+                or node.inputs[Y_SCALE] is None:
+            continue
+        out = node.outputs[0]
+        users = out.users
+        if out in graph.outputs or len(users) != 1 or not _is(users[0], "DequantizeLinear"):
+            continue
+        dq = users[0]
+        if any(_is(u, "QuantizeLinear") for u in dq.outputs[0].users):
+            continue
+        ins = list(node.inputs)
+        ins[Y_SCALE] = ins[Y_ZP] = None
+        while ins and ins[-1] is None:
+            ins.pop()
+        new = graph.add_node(node.op, ins, dict(node.attrs), domain="edlc", name=node.name, before=dq)
+        _replace(graph, dq.outputs[0], new.outputs[0])
+        graph.remove_node(dq)
+        graph.remove_node(node)
+        new.name = node.name
+        changed = True
+    return changed
+
+
+def remove_dead(graph: Graph) -> None:
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(graph.nodes)):
+            if not any(v.uses or v in graph.outputs for v in node.outputs):
+                graph.remove_node(node)
+                changed = True
+
+
+def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[float, float]],
+                    act_dtype: str = "uint8", taps: Sequence[str] = ()
+                    ) -> tuple[Graph, dict[str, LayerParams]]:
+    """A copy of `graph` with the `enabled` layers in int8. Values named in `taps` become extra
+    graph outputs first, so they keep a float view in the result (for accuracy checks)."""
+    g = graph.copy()
+    named = {v.name: v for v in g.values()}
+    for t in taps:
+        if t in named and named[t] not in g.outputs and not named[t].is_constant and named[t] not in g.inputs:
+            g.outputs.append(named[t])
+    layers, _ = find_layers(g)
+    plan = plan_params(layers, enabled, ranges, act_dtype)
+    quantized_inputs: dict[int, tuple[Value, QParams]] = {}
+    chosen: dict[str, LayerParams] = {}
+    for layer in layers:
+        if layer.name in plan:
+            pin, pout = plan[layer.name]
+            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs)
+            chosen[layer.name] = LayerParams(pin, pw, pout)
+    while sink_dequantize(g) | fold_requantize(g):
+        remove_dead(g)
+    float_outputs(g)
+    remove_dead(g)
+    for n in g.nodes:
+        if n.domain == "edlc" and n.name.endswith(".int8"):
+            base = n.name[: -len(".int8")]
+            if base in chosen and (len(n.inputs) <= Y_SCALE or n.inputs[Y_SCALE] is None):
+                chosen[base].output = None
+    return g, chosen
+
+
+__all__ = ["LayerParams", "build_quantized", "fold_requantize", "float_outputs", "plan_params",
+           "remove_dead", "sink_dequantize"]

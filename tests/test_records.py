@@ -1,0 +1,87 @@
+"""The records directory: a corrupt line is reported and the good records kept; concurrent
+`edlc tune` runs on one directory leave it whole."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edlc
+from edlc.records import RECORDS, WORKLOADS, _parse, count_records
+from edlc.tune import tune
+from tests.conftest import ort_run
+from tests.test_tune import QUICK, tiny_conv
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    rec = tmp_path_factory.mktemp("records") / "rec"
+    tune(tiny_conv(), records=rec, trials=2, **QUICK)
+    return rec
+
+
+def _corrupt(rec):
+    lines = (rec / RECORDS).read_text().splitlines()
+    with open(rec / RECORDS, "a") as f:
+        f.write("this is not json\n")
+        f.write(lines[0][: len(lines[0]) // 2] + "\n")  # a write cut short by a kill
+
+
+def test_compile_leaves_out_corrupt_lines_and_keeps_the_rest(tuned, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(tuned, rec)
+    _corrupt(rec)
+    before = {n: (rec / n).read_bytes() for n in (RECORDS, WORKLOADS)}
+    module = edlc.compile(tiny_conv(), records=rec)
+    tuning = module.manifest["tuning"]
+    assert len(tuning["records_left_out"]) == 2
+    assert f"{RECORDS}:3" in tuning["records_left_out"][0]
+    assert tuning["kernels_with_record"] and not tuning["kernels_without_record"]
+    x = {"x": np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(module.run(x)["y"], ort_run(tiny_conv(), x)["y"], rtol=1e-4, atol=1e-4)
+    assert {n: (rec / n).read_bytes() for n in before} == before, "compile must not change the directory"
+
+
+def test_tune_repairs_the_directory_and_keeps_the_originals(tuned, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(tuned, rec)
+    _corrupt(rec)
+    corrupt_bytes = (rec / RECORDS).read_bytes()
+    messages: list[str] = []
+    result = tune(tiny_conv(), records=rec, trials=3, progress=messages.append, **QUICK)
+    assert any("left out 2 line(s)" in m for m in messages)
+    assert (rec / f"{RECORDS}.corrupt").read_bytes() == corrupt_bytes
+    _, _, check = _parse(rec)
+    assert check.dropped == [] and check.records == count_records(rec) >= 3
+    assert result.trials_before == 2
+
+
+def tiny_matmul() -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(2).standard_normal((16, 8)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_concurrent_tunes_on_one_directory_leave_it_whole(tmp_path):
+    rec = tmp_path / "rec"
+    procs = []
+    for name, model in (("conv", tiny_conv()), ("mm", tiny_matmul())):
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "edlc.cli", "tune", str(tmp_path / f"{name}.onnx"), "--trials", "2",
+             "--records", str(rec), "--population", "16"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    _, _, check = _parse(rec)
+    assert check.dropped == [] and check.workloads >= 2 and check.records >= 4
+    for model in (tiny_conv(), tiny_matmul()):
+        assert edlc.compile(model, records=rec).manifest["tuning"]["kernels_with_record"]
