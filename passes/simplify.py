@@ -336,6 +336,19 @@ def _check_same_op(m: Match) -> str | None:
 
 
 # ---- the rules ---------------------------------------------------------------------------------
+def _check_gemm_weight(m: Match) -> str | None:
+    return None if m["w"].const is not None and np.ndim(m["w"].const) == 2 else "B is not a 2-D constant"
+
+
+def _rewrite_gemm_weight(b: Builder, m: Match) -> Value:
+    """Gemm's transB=1 on a constant B is a transpose run at every inference (a classifier's
+    1000x512 weights: 0.4 ms on 2 cores); transposed once here, the kernel reads B row-major."""
+    gemm = m.node("gemm")
+    w = b.constant(np.ascontiguousarray(np.asarray(m["w"].const).T), m["w"].name or "weight")
+    return b.op("Gemm", [gemm.inputs[0], w, *gemm.inputs[2:]], {**gemm.attrs, "transB": 0},
+                output_types=[gemm.outputs[0].type], name=gemm.name)
+
+
 def _forward(name: str) -> Callable[[Builder, Match], Value]:
     return lambda b, m: m[name]
 
@@ -387,6 +400,8 @@ def simplify_rules() -> list[Rule]:
              _forward("x"), _check_same_op, chain=True),
         rule("idempotent", op(IDEMPOTENT, op(IDEMPOTENT, x, name="inner")),
              lambda b, m: m.node("inner").outputs[0], _check_same_op, chain=True),
+        rule("pretranspose-gemm-weight", op("Gemm", x, const("w"), ..., name="gemm", transB=1),
+             _rewrite_gemm_weight, _check_gemm_weight),
     ]
 
 

@@ -532,3 +532,15 @@ def test_report_is_empty_and_unchanged_graph_is_not_modified():
     }""")))
     (record,) = pm.records
     assert not record.modified and record.report == []
+
+
+# ---- Gemm with a constant transposed weight ----------------------------------------------------
+def test_gemm_weight_is_transposed_once_at_compile_time(rng):
+    w = ", ".join(str(round(v, 3)) for v in np.linspace(-1, 1, 12))
+    model, g = simplified(f"""
+    g (float[2, 4] x) => (float[2, 3] y) <float[3, 4] w = {{{w}}}, float[3] b = {{0.5, -1, 2}}> {{
+        y = Gemm<transB = 1, alpha = 0.5>(x, w, b)
+    }}""")
+    (gemm,) = g.nodes
+    assert gemm.attrs["transB"] == 0 and gemm.inputs[1].const.shape == (4, 3)
+    check_numerics(model, g, rng)
