@@ -1,19 +1,26 @@
-"""Compile time, graph size, kernel count and latency of the zoo models on x86 at several
-optimization levels, side by side with onnxruntime.
+"""Compile time, graph size, kernel count and latency of the zoo models on x86, untuned at
+several optimization levels and tuned, side by side with onnxruntime.
 
-    python benchmarks/zoo_vs_onnxruntime.py [--models resnet18,mobilenet_v2,bert] [--repeat 20] [-O 0,2]
+    pip install -e '.[bench]'
+    python benchmarks/zoo_vs_onnxruntime.py [--models resnet18,mobilenet_v2,bert] [--repeat 20]
+        [-O 0,2] [--tune-minutes 20 --records-dir records/] [--threads 2]
+        [--json zoo.json] [--png zoo.png]
 
-Everything runs on this machine in the same process with the same thread count (all cores, as
-TVM's runtime uses by default); outputs are checked against onnxruntime before timing. Prints,
-per model and level: nodes of the imported graph -> after the passes, kernels in the built
-module, compile time, median latency, and the ratio edlc / onnxruntime (lower is better).
+Everything runs on this machine in the same process with the same thread count; outputs are
+checked against onnxruntime before timing. Prints, per model and level: nodes of the imported
+graph -> after the passes, kernels in the built module, compile (and tuning) time, median
+latency, and the ratio edlc / onnxruntime (lower is better). With --tune-minutes, each model
+is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at -O2 and
+compiled with its records: the "tuned" row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -40,36 +47,94 @@ def time_ort(model, inputs, repeat: int, threads: int) -> tuple[list[float], dic
     return times, dict(zip([o.name for o in sess.get_outputs()], outs))
 
 
+def measure(name: str, model, inputs, ref, level: int, repeat: int, records: Path | None = None,
+            tune_s: float = 0.0) -> dict:
+    passes: list = []
+    t0 = time.perf_counter()
+    module = edlc.compile(model, target="x86", input_shapes=SHAPES[name], opt_level=level,
+                          records=records, pass_records=passes)
+    compile_s = time.perf_counter() - t0
+    got = module.run(inputs)
+    diff = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
+    ms = float(np.median(module.time(inputs, repeat=repeat, warmup=2)) * 1e3)
+    return {"model": name, "variant": "tuned" if records else f"-O{level}", "level": level,
+            "nodes": passes[-1].nodes_after if passes else None, "kernels": module.manifest["kernels"],
+            "compile_s": compile_s, "tune_s": tune_s, "edlc_ms": ms, "max_abs_diff": diff}
+
+
+def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path, repeat: int) -> dict:
+    from edlc.tune import tune
+
+    records = records_dir / name
+    t0 = time.perf_counter()
+    result = tune(model, target="x86", records=records, trials=100_000, input_shapes=SHAPES[name],
+                  time_budget_s=minutes * 60, progress=lambda msg: None)
+    tune_s = time.perf_counter() - t0
+    row = measure(name, model, inputs, ref, 2, repeat, records, tune_s)
+    row["trials"] = result.trials_before + result.trials_run
+    return row
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(models), 4))
+    width = 0.8 / len(variants)
+    for k, variant in enumerate(variants):
+        ratios = [next((r["ratio"] for r in rows if r["model"] == m and r["variant"] == variant), np.nan)
+                  for m in models]
+        ax.bar(np.arange(len(models)) + k * width, ratios, width, label=variant)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(np.arange(len(models)) + width * (len(variants) - 1) / 2, models)
+    ax.set_ylabel("latency / onnxruntime (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(sorted(ZOO)))
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("-O", dest="opt_levels", default="0,2", help="comma-separated levels")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="threads for both runtimes (default: all cores)")
+    ap.add_argument("--tune-minutes", type=float, default=0, help="tune each model this long (0: no tuned row)")
+    ap.add_argument("--records-dir", type=Path, default=Path("benchmarks/records"),
+                    help="tuning records, one directory per model (kept between runs)")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--png", type=Path, help="draw the ratios here")
     args = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
     levels = [int(v) for v in args.opt_levels.split(",")]
-    threads = len(os.sched_getaffinity(0))
-    print(f"x86, {threads} threads, median of {args.repeat} runs")
-    print(f"{'model':14} {'level':>5} {'nodes':>11} {'kernels':>7} {'compile s':>9} {'edlc ms':>10} "
-          f"{'ort ms':>9} {'ratio':>7}  max |diff|")
+    print(f"x86, {args.threads} threads, median of {args.repeat} runs")
+    print(f"{'model':14} {'variant':>7} {'nodes':>5} {'kernels':>7} {'compile s':>9} {'tune s':>7} "
+          f"{'edlc ms':>10} {'ort ms':>9} {'ratio':>7}  max |diff|")
+    rows = []
     for name in args.models.split(","):
         model = ZOO[name]()
         inputs = random_inputs(model, shapes=SHAPES[name])
-        ort_times, ref = time_ort(model, inputs, args.repeat, threads)
-        o = np.median(ort_times) * 1e3
-        imported = len(import_model(model, SHAPES[name]).nodes)
-        for level in levels:
-            records: list = []
-            t0 = time.perf_counter()
-            module = edlc.compile(model, target="x86", input_shapes=SHAPES[name], opt_level=level,
-                                  pass_records=records)
-            compile_s = time.perf_counter() - t0
-            nodes = records[-1].nodes_after if records else imported
-            got = module.run(inputs)
-            diff = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
-            e = np.median(module.time(inputs, repeat=args.repeat, warmup=2)) * 1e3
-            print(f"{name:14} {'-O' + str(level):>5} {imported:>4} -> {nodes:<4} "
-                  f"{module.manifest['kernels']:7} {compile_s:9.1f} {e:10.2f} {o:9.2f} {e / o:7.1f}x  "
-                  f"{diff:.2e}")
+        ort_times, ref = time_ort(model, inputs, args.repeat, args.threads)
+        ort_ms = float(np.median(ort_times) * 1e3)
+        found = [measure(name, model, inputs, ref, level, args.repeat) for level in levels]
+        if args.tune_minutes > 0:
+            found.append(tuned_row(name, model, inputs, ref, args.tune_minutes, args.records_dir, args.repeat))
+        for row in found:
+            row.update(ort_ms=ort_ms, ratio=row["edlc_ms"] / ort_ms,
+                       imported_nodes=len(import_model(model, SHAPES[name]).nodes))
+            print(f"{name:14} {row['variant']:>7} {row['nodes'] or '-':>5} {row['kernels']:7} "
+                  f"{row['compile_s']:9.1f} {row['tune_s']:7.0f} {row['edlc_ms']:10.2f} {ort_ms:9.2f} "
+                  f"{row['ratio']:7.2f}x  {row['max_abs_diff']:.2e}", flush=True)
+        rows.extend(found)
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "repeat": args.repeat, "rows": rows}, indent=1))
+    if args.png:
+        chart(rows, args.png)
 
 
 if __name__ == "__main__":

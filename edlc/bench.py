@@ -21,7 +21,6 @@ directory from `edlc compile` (loaded). Every figure comes from this process on 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -335,7 +334,6 @@ def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     tiles and copies would blur the count), then TVM's `estimate_tir_flops` per PrimFunc."""
     import tvm
     from tvm import tirx
-    from tvm.s_tir.analysis import estimate_tir_flops
 
     from edlc.driver import import_model, optimize
     from edlc.lower import lower, pipeline
@@ -345,13 +343,9 @@ def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     lowered = lower(graph)
     with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
         mod = pipeline.fuse(lowered.mod, get_target(target).tvm_target())
-    out: dict[str, float] = {}
-    for gv, f in mod.functions.items():
-        if isinstance(f, tirx.PrimFunc):
-            # data-dependent loops and the like: no estimate
-            with contextlib.suppress(Exception):
-                out[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": f})))
-    return out
+    flops = {gv.name_hint: pipeline.estimate_flops(f) for gv, f in mod.functions.items()
+             if isinstance(f, tirx.PrimFunc)}
+    return {name: n for name, n in flops.items() if n is not None}
 
 
 def random_inputs(specs: list[dict[str, Any]], shapes: Mapping[str, Sequence[int]] | None = None,

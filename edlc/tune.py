@@ -111,12 +111,9 @@ def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence
 
 
 def _flops(task) -> float:
-    from tvm.s_tir.analysis import estimate_tir_flops
+    from edlc.lower.pipeline import estimate_flops
 
-    try:
-        return float(estimate_tir_flops(task.dispatched[0]))
-    except Exception:
-        return 1.0
+    return estimate_flops(task.dispatched[0]["main"]) or 1.0
 
 
 def _progress_callback(tasks: list[TaskInfo], total: int, start: float, progress: Progress):

@@ -87,6 +87,20 @@ def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str
     return mod, sorted(found), sorted(missing), check.dropped
 
 
+def estimate_flops(func) -> float | None:
+    """FLOPs of one call of an unscheduled kernel (TVM's estimate), None where TVM has none
+    (data-dependent loops and the like)."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from edlc.schedules.fastmath import without_lets
+
+    try:
+        return float(estimate_tir_flops(tvm.IRModule({"main": without_lets(func)})))
+    except Exception:  # noqa: BLE001  no estimate is an answer here
+        return None
+
+
 SCHEDULED = "tirx.is_scheduled"  # the attr TVM 0.27 sets on a scheduled PrimFunc
 
 

@@ -103,3 +103,15 @@ def fast_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return mutator.default_mutate(call)
 
     return tvm_ffi.structural_mutate(func, (tvm.ir.Call, rewrite))
+
+
+def without_lets(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with every `Let` expression substituted into its body: what TVM's FLOP estimator
+    accepts (it has no rule for `Let`, which the fast forms above bind their temporaries with)."""
+    bound: dict = {}
+
+    def inline(let, mutator):
+        bound[let.var] = mutator.mutate(let.value)
+        return mutator.mutate(let.body)
+
+    return tvm_ffi.structural_mutate(func, [(tirx.Let, inline), (tirx.Var, lambda v, _: bound.get(v, v))])
