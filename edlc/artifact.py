@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
             raise ArtifactError(f"{out}: exists and is not a directory")
         if any(out.iterdir()) and not (out / MANIFEST).is_file():
             raise ArtifactError(f"{out}: exists, is not empty and is not an edlc artifact; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(out, "tmp"), dir=out.parent))
+    with _reported(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(out, "tmp"), dir=out.parent))
     try:
         yield tmp
         if out.exists():
@@ -60,16 +62,28 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
 def atomic_file(out: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `out` that replaces it when the block succeeds."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(out, "tmp"), dir=out.parent)
-    os.close(fd)
+    if out.is_dir():
+        raise ArtifactError(f"{out}: is a directory; give a file name")
+    with _reported(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(out, "tmp"), dir=out.parent)
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _reported(out: Path) -> Iterator[None]:
+    """A folder that cannot be made or written is the user's to fix: say so in one line."""
+    try:
+        yield
+    except OSError as e:
+        raise ArtifactError(f"{out}: cannot write here ({e.strerror or e})") from e
 
 
 def _prefix(out: Path, kind: str) -> str:
@@ -136,7 +150,7 @@ def read_artifact(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         try:
             with np.load(d / PARAMS, allow_pickle=False) as z:
                 params = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, AttributeError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise ArtifactError(f"{d / PARAMS}: unreadable weights ({e}); compile the model again") from e
     missing = [p for p in manifest.get("params", []) if p not in params]
     if missing:

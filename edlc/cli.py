@@ -235,9 +235,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from edlc.pass_manager import timing_report
     from edlc.passes.quantize import cli as quantize_cli
 
-    if args.aot and not _firmware_target(args):
-        raise UsageError(f"--aot builds firmware for microcontroller targets; target '{args.target}' "
-                         "has no firmware form in this version of edlc")
     opts = pass_options(args, args.passes)
     t0 = time.perf_counter()
     _progress(f"compiling {args.model} for {args.target} at -O{args.opt_level}"
@@ -251,7 +248,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
             records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
             quantize_options=quantize_cli.options(args) if args.quantize == "int8" else None,
-            pass_records=records,
+            pass_records=records, aot=args.aot,
         )
     finally:  # timings help most when a later stage fails: print them either way
         if args.time_passes:
@@ -259,6 +256,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = module.export(args.output)
     if module.manifest.get("tuning"):
         print(_records_report(module.manifest["tuning"]))
+    if module.manifest.get("sparsity"):
+        from edlc.passes.sparsity.report import format_summary
+
+        print(format_summary(module.manifest["sparsity"]))
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
           f"({module.manifest['kernels']} kernels, {len(module.manifest['params'])} weight tensors)")
     if getattr(module, "memory", None):  # a firmware project (microcontroller targets)
@@ -266,19 +267,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _firmware_target(args: argparse.Namespace) -> bool:
-    """Whether --target names a microcontroller (which always builds a firmware project)."""
-    from edlc.target import get_target
-
-    return get_target(args.target, mcpu=args.mcpu, mattr=args.mattr, arch=args.arch).mcu is not None
-
-
 def _memory_report(memory: dict) -> str:
     f, r, a = memory["flash"], memory["ram"], memory["arena"]
     entry = f" + entry {f['entry']:,}" if f.get("entry") is not None else ""
     return (f"flash {f['total']:,} B (kernels {f['kernels']:,} + weights {f['weights']:,}{entry}); "
             f"RAM {r['total']:,} B (arena {a['size']:,}, liveness lower bound {a['lower_bound']:,}; "
-            f"stack ~{r['stack_estimate']:,}); details in memory.json")
+            f"stack ~{r['stack_estimate']:,})"
+            + (f"; static program {memory['program']['file']:,} B" if memory.get("program") else "")
+            + "; details in memory.json")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -505,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--mcpu", help="CPU model for the target (LLVM name)")
     bd.add_argument("--mattr", help="comma-separated target features, e.g. +avx512f")
     bd.add_argument("--arch", help="GPU architecture for --target cuda, e.g. sm_90")
-    bd.add_argument("--aot", action="store_true", help="write a firmware project (microcontroller targets)")
+    bd.add_argument("--aot", action="store_true", help="build ahead of time, no TVM runtime: a firmware project "
+                                                     "(microcontrollers) or a static program (arm)")
     bd.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.set_defaults(fn=cmd_compile)
 
@@ -607,6 +604,8 @@ def _pass_flags(g, explicit: bool = True, timing: bool = True, opt_level: int | 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line, also after the verb
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         args = build_parser().parse_args(argv)
         return args.fn(args)

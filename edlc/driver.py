@@ -25,8 +25,8 @@ from edlc.errors import (
     UnsupportedOpError,
     first_line,
 )
-from edlc.frontend.onnx import load_model_proto, load_onnx, onnx_elem_type
-from edlc.frontend.onnx_checks import check_dims
+from edlc.frontend.onnx import load_onnx, onnx_elem_type
+from edlc.frontend.onnx_checks import checked_binding
 from edlc.ir.graph import Graph
 from edlc.ir.types import TensorType
 from edlc.lower import LoweredModel, count_kernels, lower, pipeline, unsupported_nodes
@@ -60,14 +60,14 @@ def bind_graph_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -
         if v is None:
             raise ShapeError(f"--input-shape names '{name}', but the model's inputs are {[i.name for i in graph.inputs]}")
         old = v.type
+        shape = checked_binding(shape, onnx_elem_type(old.dtype), f"input '{name}'")
         if old.shape is not None and len(old.shape) != len(shape):
             raise ShapeError(f"input '{name}' has rank {len(old.shape)} {list(old.shape)}, got shape {list(shape)}")
         if old.shape is not None:
             for d, s in zip(old.shape, shape):
                 if isinstance(d, int) and d != s:
                     raise ShapeError(f"input '{name}' has fixed dim {d}, cannot bind it to {s}")
-        check_dims([int(s) for s in shape], onnx_elem_type(old.dtype), f"input '{name}' bound to {list(shape)}")
-        v.type = TensorType(tuple(int(s) for s in shape), old.dtype)
+        v.type = TensorType(shape, old.dtype)
     for node in graph.nodes:  # symbolic types downstream are stale: let inference redo them
         for out in node.outputs:
             if out.type is not None and not out.type.is_static:
@@ -82,7 +82,7 @@ def import_model(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | N
             bind_graph_shapes(graph, input_shapes)
         return graph
     if isinstance(model, (str, os.PathLike)):
-        model = load_model_proto(model)
+        return load_onnx(model, input_shapes)  # errors name the file
     if not isinstance(model, onnx.ModelProto):
         raise EdlcError(f"model must be a path, an onnx.ModelProto or an edlc.Graph, not {type(model).__name__}")
     return load_onnx(model, input_shapes)
@@ -167,6 +167,8 @@ def compile(
     arch: str | None = None,
     pass_records: list | None = None,
     quantize_options: Mapping[str, Any] | None = None,
+    sparsity_options: Mapping[str, Any] | None = None,
+    aot: bool = False,
 ) -> Module:
     """Compile a model (path, onnx.ModelProto or edlc.Graph) for a target; returns a Module
     whose `run` executes the built code. `pass_records` (a list) collects per-pass timing and
@@ -174,11 +176,23 @@ def compile(
     (an .npz path or an iterable of input dicts); `quantize_options` go to
     `edlc.passes.quantize.quantize` (method, activations, max_drop, ...). `target_options` go
     to the target (mcpu, mattr, arch); `arch="sm_90"` is short for `target_options={"arch": ...}`
-    (a GPU target's architecture)."""
-    if sparsity is not None:
-        raise EdlcError("option 'sparsity' is not available in this version of edlc yet")
+    (a GPU target's architecture). `sparsity="channel:0.5"` prunes with
+    `edlc.passes.sparsity.sparsify`, given `sparsity_options` (per-layer `layers=`, `criterion=`,
+    ...); the manifest keeps its report's summary. `aot=True` builds ahead of time, without the
+    TVM runtime: microcontrollers always do (a firmware project); arm gives a static program."""
     _check_quantize(quantize, calibration)
-    tgt = get_target(target, **{**dict(target_options or {}), **({"arch": arch} if arch else {})})
+    if sparsity is not None:
+        from edlc.passes.sparsity import parse_spec
+
+        parse_spec(sparsity)  # a malformed spec fails before any work
+    options = dict(target_options or {})
+    if arch is not None:
+        options["arch"] = arch
+    tgt = get_target(target, **options)
+    if aot and tgt.mcu is None:
+        from edlc.targets.standalone import standalone_target
+
+        tgt = standalone_target(tgt)  # a TargetError where there is no such form
     if records is not None:
         check_dir(records)
     name, digest = model_digest(model)
@@ -186,6 +200,11 @@ def compile(
     unsupported = unsupported_nodes(graph)
     if unsupported:
         raise UnsupportedOpError(unsupported)
+    sparsity_report = None
+    if sparsity is not None:
+        from edlc.passes.sparsity import sparsify
+
+        graph, sparsity_report = sparsify(graph, sparsity, **dict(sparsity_options or {}))
     quant_report = None
     if quantize == "int8":
         from edlc.passes.quantize import quantize as quantize_int8
@@ -195,8 +214,9 @@ def compile(
                         pass_records)
     try:
         lowered = lower(graph)
-        if tgt.mcu is not None:  # a microcontroller: a firmware project, built ahead of time
-            return _compile_firmware(lowered, tgt, name, digest, opt_level, records)
+        if tgt.mcu is not None or aot:  # a firmware project or a standalone program
+            return _compile_firmware(lowered, tgt, name, digest, opt_level, records,
+                                     quant_report.summary() if quant_report is not None else None)
         built = build(lowered, tgt, opt_level, records)
     except LoweringError as e:
         hint = _binding_hint(graph)
@@ -220,14 +240,19 @@ def compile(
     }
     if quant_report is not None:
         manifest["quantization"] = quant_report.summary()
+    if sparsity_report is not None:
+        manifest["sparsity"] = sparsity_report.summary()
     return Module(built.executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()},
                   device_files=built.device_files)
 
 
 def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, digest: str, opt_level: int,
-                      records: str | os.PathLike | None) -> Module:
-    """Microcontroller targets (targets/mcu): AOT kernels, a static arena, a firmware project."""
+                      records: str | os.PathLike | None,
+                      quantization: dict[str, Any] | None = None) -> Module:
+    """Ahead of time (targets/mcu, targets/standalone): kernels, a static arena, a firmware
+    project or a standalone program."""
     from edlc.targets.mcu.build import compile_firmware
+    from edlc.targets.standalone import compile_standalone
 
     if records is not None:
         raise EdlcError(f"target '{tgt.name}' does not apply tuning records yet")
@@ -242,7 +267,10 @@ def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, digest: str
         "inputs": [_spec(n, t) for n, t in lowered.inputs],
         "outputs": [_spec(n, t) for n, t in lowered.outputs],
     }
-    return compile_firmware(lowered, tgt, name, manifest)
+    if quantization is not None:
+        manifest["quantization"] = quantization
+    return (compile_firmware if tgt.mcu is not None else compile_standalone)(
+        lowered, tgt, name, manifest)
 
 
 def _check_quantize(quantize: str | None, calibration: Any) -> None:

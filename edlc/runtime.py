@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,12 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     unnamed = (f"{path}: holds one unnamed array; save the inputs by name with "
                "np.savez(path, input_name=array, ...)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one array without a name
+            raise InputError(unnamed)
+        with z:
             return {k: z[k] for k in z.files}
-    except AttributeError:  # np.load gave a .npy's plain array, which is no context manager
-        raise InputError(unnamed) from None
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: cannot read inputs ({first_line(e)})") from e
 
 

@@ -11,6 +11,7 @@ Exit status 1 if anything was found.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="time budget")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds a case may take")
-    ap.add_argument("--compile-every", type=int, default=200,
+    ap.add_argument("--compile-every", type=int, default=50,
                     help="build and run one valid random graph in this many cases (0: never)")
     ap.add_argument("--corpus", help="folder of .onnx models to mutate as well")
     ap.add_argument("--corpus-size", type=int, default=400)
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 findings[result.signature] = (result, n)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"case{n}.onnx").write_bytes(case.model)
+                (out / f"case{n}.json").write_text(json.dumps(
+                    {"label": case.label, "input_shapes": case.input_shapes, "compile": case.compile,
+                     "outcome": result.kind, "detail": result.detail}, indent=1))
                 print(f"\n[{n}] {result.kind}: {case.label}\n{result.detail}\n  -> {out / f'case{n}.onnx'}",
                       flush=True)
             if n % 500 == 0:

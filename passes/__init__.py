@@ -14,6 +14,7 @@ from edlc.passes import (  # noqa: F401
     layout,
     fuse,
     cleanup,
+    sparsity,  # only when asked (prune-channels, --sparsity)
 )
 # isort: on
 

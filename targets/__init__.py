@@ -1,3 +1,3 @@
 """Built-in targets (imported as edlc.targets); each module registers itself."""
 
-from edlc.targets import arm, cuda, mcu, x86  # noqa: F401
+from edlc.targets import arm, cuda, mcu, standalone, x86  # noqa: F401

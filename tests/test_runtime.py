@@ -31,3 +31,11 @@ def test_run_checks_names_dtypes_and_shapes(module):
         module.run({"x": x.reshape(3, 2), "ids": ids})
     with pytest.raises(InputError, match="dict"):
         module.run([x, ids])
+
+
+def test_inputs_that_are_not_arrays(module):
+    ids = np.zeros(2, np.int64)
+    with pytest.raises(InputError, match=r"input 'x': not an array .* expected x: float32\[2, 3\]"):
+        module.run({"x": [[1.0, 2.0], [3.0]], "ids": ids})
+    with pytest.raises(InputError, match=r"convert with \.astype\(np\.float32\)"):
+        module.run({"x": np.ones((2, 3)), "ids": ids})

@@ -23,6 +23,7 @@ from edlc.frontend.onnx_checks import (
     check_opsets,
     check_tensor,
     check_text,
+    checked_binding,
     human_bytes,
     itemsize,
     max_tensor_bytes,
@@ -166,6 +167,7 @@ def bind_input_shapes(proto: onnx.ModelProto, input_shapes: InputShapes, where: 
         if name not in inputs:
             raise ShapeError(f"{where}: --input-shape names '{name}', but the model's inputs are {sorted(inputs)}")
         tt = inputs[name].type.tensor_type
+        shape = checked_binding(shape, tt.elem_type, f"{where}: input '{name}'")
         dims = tt.shape.dim
         if tt.HasField("shape") and len(dims) != len(shape):
             have = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
@@ -178,8 +180,7 @@ def bind_input_shapes(proto: onnx.ModelProto, input_shapes: InputShapes, where: 
             if d.HasField("dim_value") and d.dim_value != s:
                 raise ShapeError(f"{where}: input '{name}' has fixed dim {d.dim_value}, cannot bind it to {s}")
             d.Clear()
-            d.dim_value = int(s)
-        check_dims([int(s) for s in shape], tt.elem_type, f"{where}: input '{name}' bound to {list(shape)}")
+            d.dim_value = s
 
 
 def _infer_shapes(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
@@ -205,7 +206,9 @@ def tensor_type_of(vi: onnx.ValueInfoProto | onnx.TypeProto, what: str) -> Tenso
         return TensorType(None, dtype)
     dims: list[int | str] = []
     for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
+        # a declared negative dim was refused before inference; onnx's inference writes -1
+        # for a dim it could not work out (Split of an unknown size)
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or f"?{i}")
@@ -242,6 +245,9 @@ def _import_graph(gp: onnx.GraphProto, graph: Graph, outer: dict[str, Value]) ->
     types = {vi.name: vi for vi in list(gp.value_info) + list(gp.output)}
     for t in gp.initializer:
         scope[t.name] = _const_value(graph, t.name, tensor_array(t, f"initializer '{t.name}'"))
+    for sp in gp.sparse_initializer:
+        name = sp.values.name
+        scope[name] = _const_value(graph, name, _dense(sp, f"sparse initializer '{name}'"))
     for vi in gp.input:
         if vi.name in scope and vi.name not in outer:
             continue  # an initializer listed as input (old exporters): a constant
@@ -409,6 +415,11 @@ def _encode_attr(node: Node, key: str, a: Any, opset: dict[str, int]) -> Attribu
         return helper.make_attribute(key, [graph_to_proto(g, opset) for g in a])
     if isinstance(a, list) and isinstance(a[0], np.ndarray):
         return helper.make_attribute(key, [_tensor(x, "") for x in a])
+    # strings were decoded with surrogateescape: bytes that are not UTF-8 go back as they came
+    if isinstance(a, str):
+        return helper.make_attribute(key, a.encode("utf-8", "surrogateescape"))
+    if isinstance(a, list) and isinstance(a[0], str):
+        return helper.make_attribute(key, [s.encode("utf-8", "surrogateescape") for s in a])
     return helper.make_attribute(key, a)
 
 

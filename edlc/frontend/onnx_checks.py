@@ -10,6 +10,7 @@ file cannot make edlc allocate more than the machine has.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Iterable
 
@@ -50,6 +51,8 @@ def itemsize(elem_type: int) -> int:
 
 
 def human_bytes(n: int) -> str:
+    if n >= 10**15:
+        return f"{n:.2g} bytes"
     for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
@@ -69,6 +72,17 @@ def check_dims(dims: Iterable[int | str], elem_type: int, what: str) -> None:
     if size > max_tensor_bytes():
         raise ShapeError(f"{what} would take {human_bytes(size)} ({dims}), more than this machine's "
                          f"{human_bytes(max_tensor_bytes())} of memory")
+
+
+def checked_binding(shape: Iterable[object], elem_type: int, what: str) -> tuple[int, ...]:
+    """A shape given for an input (--input-shape, `input_shapes=`) as ints, checked like a
+    declared one."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise ShapeError(f"{what}: a shape is a sequence of ints, got {shape!r}") from None
+    check_dims(dims, elem_type, f"{what} bound to {list(dims)}")
+    return dims
 
 
 def check_tensor(t: TensorProto, what: str) -> None:

@@ -67,6 +67,7 @@ def _ensure_rules() -> None:
     import edlc.lower.overrides  # noqa: F401
     import edlc.lower.quantized  # noqa: F401
     import edlc.lower.rules  # noqa: F401
+    import edlc.lower.sparse  # noqa: F401
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""Ahead-of-time lowering for microcontrollers: kernels, the ordered call list, the constants.
+"""Ahead-of-time lowering: kernels, the ordered call list, the constants.
 
-There is no TVM runtime on a microcontroller, so nothing may interpret the Relax `main` at run
-time. This module is the one place the AOT path crosses into TVM: it fuses the Relax module as
-every target does (`pipeline.fuse`), gives each kernel a small MCU schedule (epilogues computed
-right after each output element's reduction, so no full-size intermediate is materialized),
-then walks `main` once to produce a flat program: the tensors, the kernel calls in order with
-the tensors each reads and writes, and the constants. The kernels are built standalone with
-`tvm.tirx.build` (asserts off: no error strings, no TVM error setter) to an object file (LLVM
-targets) or C source (the `c` target).
+There is no TVM runtime on a microcontroller (nor in a standalone Linux program), so nothing
+may interpret the Relax `main` at run time. This module is the one place the AOT path crosses
+into TVM: it fuses the Relax module as every target does (`pipeline.fuse`), schedules each
+kernel (on a microcontroller for the least RAM: epilogues computed right after each output
+element's reduction, so no full-size intermediate is materialized; on other CPUs with edlc's
+default CPU schedules, single-threaded since there is no thread pool), then walks `main` once
+to produce a flat program: the tensors, the kernel calls in order with the tensors each reads
+and writes, and the constants. The kernels are built standalone with `tvm.tirx.build` (asserts
+off: no error strings, no TVM error setter) to an object file (LLVM targets) or C source (the
+`c` target).
 
 Kernels keep TVM's packed signature `int32_t __tvm_ffi_<sym>(void*, TVMFFIAny* args, int32_t n,
 void*)` with DLTensor arguments: the generated entry passes statically built descriptors, so
@@ -91,12 +93,12 @@ def c_identifier(name: str) -> str:
 
 def lower_aot(lowered: LoweredModel, target, name: str) -> AotProgram:
     """Fuse, schedule and build the kernels of a lowered model; flatten `main` to calls.
-    `target` is an edlc Target whose TVM target is an LLVM thumb target or `c`."""
+    `target` is an edlc Target whose TVM target is an LLVM CPU target (thumb, aarch64) or `c`."""
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     prefix = c_identifier(name)
-    tgt = target.tvm_target()
+    tgt = aot_tvm_target(target)
     try:
         with tvm.transform.PassContext(opt_level=3):
             mod = lowered.mod
@@ -106,8 +108,7 @@ def lower_aot(lowered: LoweredModel, target, name: str) -> AotProgram:
             mod = pipeline.fuse(mod, tgt)
             mod = relax.transform.FoldConstant()(mod)  # e.g. a weight's transpose, done here
             mod = relax.transform.RewriteDataflowReshape()(mod)  # reshapes become views
-        prims = {gv.name_hint: schedule_for_mcu(f) for gv, f in mod.functions.items()
-                 if isinstance(f, tirx.PrimFunc)}
+        prims = schedule_kernels(mod, tgt, mcu=target.mcu is not None)
         program = flatten_main(mod["main"], lowered, prefix)
         used = {c.kernel for c in program.calls}
         symbols = {f"{prefix}_{k}": f for k, f in prims.items() if f"{prefix}_{k}" in used}
@@ -244,6 +245,31 @@ def _tensor_type(sinfo) -> tuple[tuple[int, ...], str]:
     except (TypeError, AttributeError) as e:
         raise LoweringError(f"AOT: symbolic shape {sinfo.shape}; bind the input shapes") from e
     return shape, str(sinfo.dtype)
+
+
+def aot_tvm_target(target):
+    """The TVM target AOT kernels are built for: the target's own, on one core where it names
+    cores, since without the TVM runtime there is no thread pool to run a parallel loop on."""
+    import tvm
+
+    if "num-cores" in target.tvm:
+        return tvm.target.Target({**target.tvm, "num-cores": 1})
+    return target.tvm_target()
+
+
+def schedule_kernels(mod, tgt, mcu: bool) -> dict:
+    """Kernel name -> scheduled PrimFunc: the least-RAM schedule on a microcontroller, edlc's
+    default CPU schedules elsewhere (single-threaded: `tgt` names one core)."""
+    from tvm import tirx
+
+    if not mcu:
+        from edlc.schedules import apply_default_schedules
+
+        with tgt:
+            mod = apply_default_schedules(mod, tgt)
+        return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    return {gv.name_hint: schedule_for_mcu(f) for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc)}
 
 
 def schedule_for_mcu(func):

@@ -14,6 +14,7 @@ import numpy as np
 from edlc.errors import LoweringError
 from edlc.ir.graph import Node
 from edlc.lower import LowerContext, register_lowering
+from edlc.lower.fused import retarget_call_tir
 
 
 def _const(node: Node, i: int, what: str) -> np.ndarray | None:
@@ -34,20 +35,77 @@ def _channel(a: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return a.reshape(shape)
 
 
+def _const_array(a) -> object:
+    import tvm
+    from tvm import relax
+
+    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(a)))
+
+
+def _plain_acc(sub, node: Node, x, w, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None):
+    """int32 accumulator by TVM's own conv2d / matmul on int16 operands (any group, any
+    weight zero point)."""
+    from tvm import relax
+
+    from edlc.passes.quantize.ops import conv_geometry
+
+    xi = sub.emit(relax.op.astype(x, "int16"))
+    if x_zp is not None and np.any(x_zp):
+        xi = sub.emit(relax.op.subtract(xi, _const_array(x_zp.astype(np.int16))))
+    wi = sub.emit(relax.op.astype(w, "int16"))
+    if w_zp is not None and np.any(w_zp):
+        rank, axis = (4, 0) if kind == "conv" else (2, 1)
+        wi = sub.emit(relax.op.subtract(wi, _const_array(_channel(w_zp.astype(np.int16), rank, axis))))
+    if kind == "conv":
+        strides, pads, dil = conv_geometry(node, 4)
+        return sub.emit(relax.op.nn.conv2d(xi, wi, strides, pads, dil, int(node.attrs.get("group", 1)),
+                                           out_dtype="int32"))
+    return sub.emit(relax.op.matmul(xi, wi, out_dtype="int32"))
+
+
+def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None):
+    """int32 accumulator in the packed form (edlc.lower.int8_packed), or None where it does
+    not apply (grouped convs, weights with a zero point, non-constant weights, symbolic shapes,
+    a per-channel activation zero point)."""
+    from tvm import relax
+
+    from edlc.lower import int8_packed as packed
+    from edlc.passes.quantize.ops import W, conv_geometry
+
+    wv, xt = node.inputs[W], node.inputs[0].type
+    if not wv.is_constant or xt.shape is None or any(isinstance(d, str) for d in xt.shape):
+        return None
+    if x_zp is not None and x_zp.size != 1:
+        return None
+    w = np.asarray(wv.const)
+    group = int(node.attrs.get("group", 1)) if kind == "conv" else 1
+    if not packed.packable(w, w_zp, group):
+        return None
+    zp = int(x_zp.reshape(())) if x_zp is not None else 0
+    if kind == "matmul" and len(xt.shape) < 2:
+        return None
+    # whole blocks of output channels: the kernel's last block is computed in full (its weights
+    # are zeros past the end) and the epilogue reads the real channels only
+    out = int(w.shape[0] if kind == "conv" else w.shape[1])
+    blocks = -(-out // packed.LANES) * packed.LANES
+    if kind == "conv":
+        strides, pads, dil = conv_geometry(node, 4)
+        acc = sub.emit_te(packed.conv_acc, x, _const_array(packed.pack_conv_weight(w)), zp,
+                          int(w.shape[1]), strides, pads, dil, blocks, primfunc_name_hint="qconv_acc")
+    else:
+        acc = sub.emit_te(packed.matmul_acc, x, _const_array(packed.pack_matmul_weight(w)), zp,
+                          int(w.shape[0]), blocks, primfunc_name_hint="qmatmul_acc")
+    if blocks != out:
+        axis = 1 if kind == "conv" else len(xt.shape) - 1
+        acc = sub.emit(relax.op.strided_slice(acc, axes=[axis], begin=[0], end=[out]))
+    return acc
+
+
 def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     import tvm
     from tvm import relax
 
-    from edlc.passes.quantize.ops import (
-        BIAS,
-        W_SCALE,
-        W_ZP,
-        X_SCALE,
-        X_ZP,
-        Y_SCALE,
-        Y_ZP,
-        conv_geometry,
-    )
+    from edlc.passes.quantize.ops import BIAS, W_SCALE, W_ZP, X_SCALE, X_ZP, Y_SCALE, Y_ZP
     from edlc.passes.quantize.params import QRANGE, bias_scale
 
     def const(a) -> relax.Constant:
@@ -67,20 +125,9 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     sub = relax.BlockBuilder()
     with sub.function("f", params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            xi = sub.emit(relax.op.astype(params[0], "int16"))
-            if x_zp is not None and np.any(x_zp):
-                xi = sub.emit(relax.op.subtract(xi, const(x_zp.astype(np.int16))))
-            wi = sub.emit(relax.op.astype(params[1], "int16"))
-            if w_zp is not None and np.any(w_zp):
-                wi = sub.emit(relax.op.subtract(wi, const(_channel(w_zp.astype(np.int16), 4 if kind == "conv" else 2,
-                                                                   0 if kind == "conv" else 1))))
-            if kind == "conv":
-                strides, pads, dil = conv_geometry(node, 4)
-                acc = relax.op.nn.conv2d(xi, wi, strides, pads, dil, int(node.attrs.get("group", 1)),
-                                         out_dtype="int32")
-            else:
-                acc = relax.op.matmul(xi, wi, out_dtype="int32")
-            acc = sub.emit(acc)
+            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp)
+            if acc is None:
+                acc = _plain_acc(sub, node, params[0], params[1], kind, x_zp, w_zp)
             if has_bias:
                 b = params[2]
                 if kind == "conv":
@@ -102,7 +149,11 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
                 y = sub.emit(relax.op.astype(y, str(zp.dtype)))
             out = sub.emit_output(y)
         sub.emit_func_output(out)
-    gv = ctx.bb.add_func(sub.get()["f"], ctx.fresh(f"{node.op}_{node.name}"))
+    built = sub.get()
+    moved = {gv.name_hint: ctx.bb.add_func(f, ctx.fresh(gv.name_hint))
+             for gv, f in built.functions.items() if gv.name_hint != "f"}
+    func = retarget_call_tir(built["f"], moved) if moved else built["f"]
+    gv = ctx.bb.add_func(func, ctx.fresh(f"{node.op}_{node.name}"))
     args = [x, w] + ([inputs[BIAS]] if has_bias else [])
     return ctx.emit(relax.Call(gv, args))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from edlc.schedules import contraction, elementwise, reduction
+from edlc.schedules import contraction, elementwise, int8, reduction
 from edlc.schedules.analysis import CPU, block_info, cpu_of, root_blocks, unsupported_dtypes
 from edlc.schedules.fastmath import fast_math
 from edlc.schedules.inline import inline_elementwise
@@ -93,17 +93,22 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
     inline_elementwise(sch, lambda rv: sch.get(rv).name_hint in anchors)
 
     changed = False
+    tensorized = []  # int8 accumulators, tensorized after every other step
     for name in anchors:
-        trial = sch.copy()
-        try:
-            rv = trial.get_sblock(name)
-            c = contraction.match(trial, rv)
-            p = contraction.plan(c, cpu) if c is not None else None
-            if p is None:
+        trial = _schedule_int8(sch, name, cpu)
+        if trial is not None:
+            tensorized.append(name)
+        else:
+            trial = sch.copy()
+            try:
+                rv = trial.get_sblock(name)
+                c = contraction.match(trial, rv)
+                p = contraction.plan(c, cpu) if c is not None else None
+                if p is None:
+                    continue
+                contraction.apply(trial, c, p, cpu)
+            except Exception:  # noqa: BLE001  this anchor stays unscheduled
                 continue
-            contraction.apply(trial, c, p, cpu)
-        except Exception:  # noqa: BLE001  this anchor stays unscheduled
-            continue
         sch, changed = trial, True
 
     for rv in _free_blocks(sch):
@@ -118,7 +123,28 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
             continue
         if done:
             sch, changed = trial, True
+    isa = int8.isa_of(lambda f: f in cpu.features)
+    for name in tensorized:
+        int8.tensorize(sch, name, isa)
     return sch if changed else None
+
+
+def _schedule_int8(sch: s_tir.Schedule, name: str, cpu: CPU) -> s_tir.Schedule | None:
+    """A copy of `sch` with the anchor `name` scheduled as a packed int8 accumulator, or None
+    if it is not one (or the target has no instruction for it)."""
+    isa = int8.isa_of(lambda f: f in cpu.features)
+    if isa is None:
+        return None
+    trial = sch.copy()
+    try:
+        c = contraction.match(trial, trial.get_sblock(name))
+        p = int8.plan(c, isa) if c is not None else None
+        if p is None:
+            return None
+        int8.apply(trial, c, p, isa, cpu)
+    except Exception:  # noqa: BLE001  left to the general contraction rule
+        return None
+    return trial
 
 
 def _free_blocks(sch: s_tir.Schedule) -> list:

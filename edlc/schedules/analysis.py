@@ -26,6 +26,11 @@ class CPU:
     lanes: int  # fp32 lanes of one vector register
     vector_regs: int  # architectural vector registers
     cores: int  # threads the parallel loops should feed
+    features: frozenset = frozenset()  # the INT8_FEATURES the target has (int8 kernels)
+
+
+# features the int8 rule (edlc.schedules.int8) chooses its instruction by
+INT8_FEATURES = ("avx2", "avx512bw", "avx512vnni")
 
 
 def cpu_of(target: tvm.target.Target) -> CPU | None:
@@ -46,10 +51,11 @@ def cpu_of(target: tvm.target.Target) -> CPU | None:
         except Exception:  # noqa: BLE001  feature names differ across LLVM back ends
             return False
 
+    features = frozenset(f for f in INT8_FEATURES if has(f))
     if has("avx512f"):
-        return CPU(16, 32, cores)
+        return CPU(16, 32, cores, features)
     if has("avx2") or has("avx"):
-        return CPU(8, 16, cores)
+        return CPU(8, 16, cores, features)
     if triple.startswith("aarch64") or has("neon"):
         return CPU(4, 32, cores)
     return CPU(4, 16, cores)

@@ -17,8 +17,9 @@ from edlc.targets.mcu.project import ProjectWriter
 
 
 class FirmwareModule(Module):
-    """A model compiled for a microcontroller. `memory` is the report memory.json holds;
-    `run` builds the test firmware and runs it on QEMU (exported to a private directory first
+    """A model compiled ahead of time: a microcontroller's firmware project, or a standalone
+    Linux program (targets/standalone). `memory` is the report memory.json holds; `run` builds
+    the test firmware (or program) and runs it on QEMU (exported to a private directory first
     when never exported); `run_firmware(..., count=True)` also counts instructions."""
 
     def __init__(self, program: AotProgram, writer: ProjectWriter, manifest: dict[str, Any]):
@@ -39,20 +40,23 @@ class FirmwareModule(Module):
     def run_firmware(self, inputs: Mapping[str, Any], count: bool = False):
         """One inference on the emulated board: outputs, stack high-water mark, instructions."""
         from edlc.runtime import check_inputs
-        from edlc.targets.mcu.runner import run_firmware
+        from edlc.target import get_runner
 
         arrays = check_inputs(inputs, self.inputs)
         named = {s["name"]: a for s, a in zip(self.inputs, arrays)}
-        return run_firmware(self._bundle_directory(), self.manifest, named, count=count)
+        return get_runner(self.target.runner).run_program(self._bundle_directory(), self.manifest,
+                                                          named, count=count)
 
 
 def compile_firmware(lowered: LoweredModel, target: Target, name: str,
-                     manifest: dict[str, Any]) -> FirmwareModule:
+                     manifest: dict[str, Any],
+                     writer_class: type[ProjectWriter] = ProjectWriter) -> FirmwareModule:
     """Lower `lowered` ahead of time for `target` and wrap it as a FirmwareModule; `manifest`
-    is the driver's (inputs, outputs, versions), completed here."""
+    is the driver's (inputs, outputs, versions), completed here. `writer_class` writes the
+    project (the standalone Linux program subclasses the firmware project's writer)."""
     program = lower_aot(lowered, target, name)
-    writer = ProjectWriter(program, target, name, [n for n, _ in lowered.inputs],
-                           [n for n, _ in lowered.outputs])
+    writer = writer_class(program, target, name, [n for n, _ in lowered.inputs],
+                          [n for n, _ in lowered.outputs])
     manifest = {**manifest, "kernels": len({c.kernel for c in program.calls}),
                 "params": [],  # the weights are C arrays in the library, not a params file
                 "weight_tensors": len(writer.constants()), "files": [],

@@ -111,6 +111,15 @@ class ProjectWriter:
         self._weights_source: str | None = None
 
     # -- the library ---------------------------------------------------------------------------
+    @property
+    def cc(self) -> str:
+        """The C compiler the project builds with (and memory_report sizes the entry with)."""
+        return "arm-none-eabi-gcc"
+
+    @property
+    def cflags(self) -> list[str]:
+        return list(self.target.mcu["cflags"])
+
     def c_type(self, t: AotTensor) -> str:
         return _C_TYPE.get(t.dtype, "uint8_t")
 
@@ -246,9 +255,10 @@ class ProjectWriter:
         lines += self._workspace_hooks(c_kernels)
         if not c_kernels and not self.target.features.get("fpu", True):
             lines.append((TEMPLATES / "softfp.c.in").read_text())
-        lines += ["", "/* the LLVM kernels' unwind tables name it; nothing here unwinds */",
-                  "__attribute__((weak)) void __aeabi_unwind_cpp_pr0(void) {}", "",
-                  f"{self.signature()} {{"]
+        if self.target.mcu is not None:
+            lines += ["", "/* the LLVM kernels' unwind tables name it; nothing here unwinds */",
+                      "__attribute__((weak)) void __aeabi_unwind_cpp_pr0(void) {}"]
+        lines += ["", f"{self.signature()} {{"]
         if any(c.workspace for c in p.calls) and not c_kernels:
             lines += ["  __TVMBackendAllocWorkspace = workspace_alloc;",
                       "  __TVMBackendFreeWorkspace = workspace_free;"]
@@ -314,8 +324,9 @@ class ProjectWriter:
     # -- the test firmware ---------------------------------------------------------------------
     def test_main(self) -> str:
         p = self.p
-        lines = [f"/* Test firmware for model '{self.model}': inputs from input<i>.bin, outputs to",
-                 " * output<i>.bin (semihosting), one inference between the two markers. */",
+        lines = [f"/* Test program for model '{self.model}': inputs from input<i>.bin, outputs to",
+                 " * output<i>.bin (harness.c: semihosting or stdio), one inference between the",
+                 " * two markers. */",
                  f'#include "edlc_{self.name}.h"', '#include "harness.h"', ""]
         args = []
         for kind, names in (("input", p.inputs), ("output", p.outputs)):
@@ -346,27 +357,34 @@ class ProjectWriter:
         subs = {"BOARD": m["board"], "MACHINE": m["machine"], "FLASH_ORIGIN": hex(m["flash"][0]),
                 "FLASH_LENGTH": hex(m["flash"][1]), "RAM_ORIGIN": hex(m["ram"][0]),
                 "RAM_LENGTH": hex(m["ram"][1]), "STACK_SIZE": str(STACK_SIZE)}
-        return _fill(text, subs)
+        return fill_template(text, subs)
 
     def makefile(self) -> str:
         kernels = (f"build/edlc_{self.name}_kernels.o" if self.p.kernel_format == "c"
                    else f"lib/edlc_{self.name}_kernels.o")
-        return _fill((TEMPLATES / "Makefile.in").read_text(), {
+        return fill_template((TEMPLATES / "Makefile.in").read_text(), {
             "MODEL": self.model, "VERSION": edlc.__version__, "TARGET": self.target.name,
-            "NAME": self.name, "CPUFLAGS": " ".join(self.target.mcu["cflags"]),
+            "NAME": self.name, "CPUFLAGS": " ".join(self.cflags),
             "KERNELS": kernels, "MACHINE": self.target.mcu["machine"]})
 
     # -- everything ----------------------------------------------------------------------------
+    def weights_files(self) -> dict[str, str | bytes]:
+        """Path in the project -> contents of the files that hold the weights."""
+        return {f"lib/edlc_{self.name}_weights.c": self.weights_source()}
+
     def _write_lib(self, out: Path, weights: bool = True) -> list[str]:
         """The library: header, entry, weights, kernels (and TVM header stubs for C kernels)."""
         lib = out / "lib"
         lib.mkdir(parents=True)
-        files = {f"lib/edlc_{self.name}.h": self.header(),
-                 f"lib/edlc_{self.name}.c": self.entry_source()}
+        files: dict[str, str | bytes] = {f"lib/edlc_{self.name}.h": self.header(),
+                                         f"lib/edlc_{self.name}.c": self.entry_source()}
         if weights:
-            files[f"lib/edlc_{self.name}_weights.c"] = self.weights_source()
-        for path, text in files.items():
-            (out / path).write_text(text)
+            files.update(self.weights_files())
+        for path, data in files.items():
+            if isinstance(data, bytes):
+                (out / path).write_bytes(data)
+            else:
+                (out / path).write_text(data)
         written = list(files)
         if self.p.kernel_format == "c":
             (lib / f"edlc_{self.name}_kernels.c").write_text(self.p.kernels)
@@ -404,13 +422,13 @@ class ProjectWriter:
 
     def memory_report(self) -> dict[str, Any]:
         """Flash (kernels, weights, entry) and RAM (arena, stack estimate), per-kernel code.
-        The entry (and C kernels) are compiled with arm-none-eabi-gcc to size them; without it
-        their sizes are null."""
+        The entry (and C kernels) are compiled with the project's compiler to size them; without
+        it their sizes are null."""
         with tempfile.TemporaryDirectory(prefix="edlc-fw-") as tmp:
             self._write_lib(Path(tmp), weights=False)  # sized as data, not compiled
             lib = Path(tmp) / "lib"
             per_kernel, kernels_code, kernel_stack = self._kernel_sizes(lib)
-            entry = _compiled_size(lib / f"edlc_{self.name}.c", self.target.mcu["cflags"], [lib])
+            entry = _compiled_size(self.cc, lib / f"edlc_{self.name}.c", self.cflags, [lib])
         weights = self.weights_bytes()
         flash = kernels_code + weights + (entry["flash"] if entry else 0)
         arena = self.layout.plan
@@ -437,8 +455,8 @@ class ProjectWriter:
         """Per-kernel code bytes, all kernel code, and the deepest kernel's stack frames."""
         kernels = list(dict.fromkeys(c.kernel for c in self.p.calls))
         if self.p.kernel_format == "c":
-            obj = _compile_object(lib / f"edlc_{self.name}_kernels.c",
-                                  self.target.mcu["cflags"], [lib / "include"])
+            obj = _compile_object(self.cc, lib / f"edlc_{self.name}_kernels.c", self.cflags,
+                                  [lib / "include"])
             if obj is None:
                 return {k: None for k in kernels}, 0, 0
             data = obj
@@ -470,15 +488,16 @@ def _frame_sizes(asm: str) -> dict[str, int]:
     return frames
 
 
-def _fill(text: str, subs: dict[str, str]) -> str:
+def fill_template(text: str, subs: dict[str, str]) -> str:
     for k, v in subs.items():
         text = text.replace(f"@{k}@", v)
     return text
 
 
-def _compile_object(source: Path, cflags: list[str], includes: list[Path]) -> bytes | None:
-    """Compile one C file with arm-none-eabi-gcc (as the Makefile does); None without gcc."""
-    cc = shutil.which("arm-none-eabi-gcc")
+def _compile_object(compiler: str, source: Path, cflags: list[str],
+                    includes: list[Path]) -> bytes | None:
+    """Compile one C file as the Makefile does; None without the compiler."""
+    cc = shutil.which(compiler)
     if cc is None:
         return None
     with tempfile.TemporaryDirectory(prefix="edlc-size-") as tmp:
@@ -489,13 +508,14 @@ def _compile_object(source: Path, cflags: list[str], includes: list[Path]) -> by
         if proc.returncode != 0:
             from edlc.errors import LoweringError
 
-            raise LoweringError(f"arm-none-eabi-gcc cannot compile {source.name}: "
+            raise LoweringError(f"{compiler} cannot compile {source.name}: "
                                 f"{proc.stderr.strip()[-400:]}")
         return obj.read_bytes()
 
 
-def _compiled_size(source: Path, cflags: list[str], includes: list[Path]) -> dict[str, int] | None:
-    obj = _compile_object(source, cflags, includes)
+def _compiled_size(compiler: str, source: Path, cflags: list[str],
+                   includes: list[Path]) -> dict[str, int] | None:
+    obj = _compile_object(compiler, source, cflags, includes)
     if obj is None:
         return None
     flash = ram = 0

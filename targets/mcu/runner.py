@@ -62,32 +62,42 @@ def build_firmware(directory: Path) -> Path:
 def run_firmware(directory: str | os.PathLike, manifest: Mapping[str, Any],
                  inputs: Mapping[str, np.ndarray], count: bool = False) -> FirmwareRun:
     """Build (if needed) and run the test firmware of a project on the target's QEMU board."""
-    from edlc.targets.mcu.elf import symbols
-
     directory = Path(directory)
     elf = build_firmware(directory)
     machine = manifest["target"]["mcu"]["machine"]
+    cmd = [shutil.which(QEMU) or QEMU, "-M", machine, "-nographic", "-monitor", "none",
+           "-semihosting-config", "enable=on,target=native", "-kernel", str(elf.resolve())]
+    return run_program(cmd, elf, manifest, inputs, count, f"{QEMU} -M {machine}")
+
+
+def run_program(cmd: list[str], program: Path, manifest: Mapping[str, Any],
+                inputs: Mapping[str, np.ndarray], count: bool, where: str) -> FirmwareRun:
+    """Run `cmd` (QEMU running `program`, a test main of the project writer) in a private
+    directory holding input<i>.bin; read back output<i>.bin, the return code and the stack
+    line it prints; with `count`, the instructions between its markers (TCG plugin)."""
+    from edlc.targets.mcu.elf import symbols
+
     with tempfile.TemporaryDirectory(prefix="edlc-qemu-") as tmp:
         for i, spec in enumerate(manifest["inputs"]):
             a = np.ascontiguousarray(inputs[spec["name"]], dtype=numpy_dtype(spec["dtype"]))
             Path(tmp, f"input{i}.bin").write_bytes(a.tobytes())
-        cmd = [shutil.which(QEMU) or QEMU, "-M", machine, "-nographic", "-monitor", "none",
-               "-semihosting-config", "enable=on,target=native", "-kernel", str(elf.resolve())]
         counts = Path(tmp, "counts.txt")
         if count:
-            syms = symbols(elf.read_bytes())
+            syms = symbols(program.read_bytes())
             begin, end = syms["edlc_mark_begin"][0], syms["edlc_mark_end"][0]
-            cmd[1:1] = ["-plugin", f"{plugin()},begin={begin:#x},end={end:#x},out={counts}"]
+            cmd = [cmd[0], "-plugin", f"{plugin()},begin={begin:#x},end={end:#x},out={counts}",
+                   *cmd[1:]]
         try:
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
-            raise TargetError(f"the firmware did not finish within {TIMEOUT_S} s on {QEMU} "
-                              f"-M {machine}") from e
+            raise TargetError(f"the program did not finish within {TIMEOUT_S} s on {where}") from e
+        except OSError as e:
+            raise TargetError(f"cannot start {cmd[0]}: {e}") from e
         m = re.search(r"edlc: rc=(\d+) stack=(\d+)", proc.stdout + proc.stderr)
         if proc.returncode != 0 or m is None or m.group(1) != "0":
             said = " ".join((proc.stdout + proc.stderr).split())[-400:]
-            raise TargetError(f"the firmware failed on {QEMU} -M {machine} "
-                              f"(exit status {proc.returncode}): {said or 'no output'}")
+            raise TargetError(f"the {'firmware' if '-kernel' in cmd else 'program'} failed on "
+                              f"{where} (exit status {proc.returncode}): {said or 'no output'}")
         outputs = {}
         for i, spec in enumerate(manifest["outputs"]):
             raw = Path(tmp, f"output{i}.bin").read_bytes()
@@ -138,3 +148,7 @@ class QemuSystemArmRunner:
     def run(self, directory: Path, manifest: Mapping[str, Any],
             inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run_firmware(directory, manifest, inputs).outputs
+
+    def run_program(self, directory: Path, manifest: Mapping[str, Any],
+                    inputs: Mapping[str, np.ndarray], count: bool = False) -> FirmwareRun:
+        return run_firmware(directory, manifest, inputs, count)

@@ -167,3 +167,13 @@ def test_errors_inside_the_graph_name_the_file(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)]), path)
     with pytest.raises(ModelError, match=rf"^{path}: initializer 'w' has element type FLOAT4E2M1"):
         edlc.load_onnx(path)
+
+
+def test_string_attributes_that_are_not_utf8_survive_export():
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], name="p", mode=b"\xe9dge")  # not UTF-8
+    pads = numpy_helper.from_array(np.array([1, 1], np.int64), "pads")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [pads])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out = edlc.load_onnx(m).to_onnx()
+    assert [a.s for a in out.graph.node[0].attribute if a.name == "mode"] == [b"\xe9dge"]

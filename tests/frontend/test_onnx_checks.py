@@ -165,3 +165,11 @@ def test_checked_models_are_not_changed_in_place():
     before = m.SerializeToString()
     edlc.load_onnx(m)
     assert m.SerializeToString() == before
+
+
+@pytest.mark.parametrize("shape, match", [(("n", 4), "a shape is a sequence of ints"),
+                                          ((2**70, 4), "would take"), ((-1, 4), "negative dim -1")])
+def test_bindings_are_checked_like_declared_shapes(shape, match):
+    m = _model([_unary()], [tensor_info("x", ["n", 4])], [tensor_info("y", ["n", 4])])
+    with pytest.raises((ShapeError, ModelError), match=match):
+        edlc.load_onnx(m, {"x": shape})

@@ -81,7 +81,7 @@ def test_cuda_target_and_its_arch(monkeypatch):
 @pytest.mark.parametrize("arch,opt_level", [("sm_80", 2), ("sm_90", 3)])  # -O3: NHWC layout
 def test_conv_matmul_builds_a_cubin_for_the_arch(arch, opt_level, tmp_path):
     model = conv_matmul()
-    m = edlc.compile(model, target="cuda", opt_level=opt_level, target_options={"arch": arch})
+    m = edlc.compile(model, target="cuda", opt_level=opt_level, arch=arch)
     cubin = f"kernels.{arch}.cubin"
     assert cuda.cubin_arch(m.device_files[cubin]) == arch
     out = m.export(tmp_path / "art")

@@ -133,3 +133,44 @@ def test_mlperf_tiny_models_match_onnxruntime(name, cpu):
     print(f"{name} {cpu}: flash {mem['flash']['total']} RAM {mem['ram']['total']} arena "
           f"{mem['arena']['size']} (bound {mem['arena']['lower_bound']}) instructions "
           f"{run.instructions} stack {run.stack_bytes}")
+
+
+def _step(graph, value) -> float:
+    """One quantization step at `value`: the resolution of the last int8 layer before it (its
+    output scale, or one accumulator unit, x_scale * w_scale, where it outputs float)."""
+    from edlc.passes.quantize.ops import W_SCALE, X_SCALE, Y_SCALE
+
+    node = value.producer
+    while node.op not in ("qconv2d", "qmatmul"):
+        node = node.inputs[0].producer
+    if len(node.inputs) > Y_SCALE and node.inputs[Y_SCALE] is not None:
+        return float(node.inputs[Y_SCALE].const)
+    return float(node.inputs[X_SCALE].const) * float(np.max(node.inputs[W_SCALE].const))
+
+
+@pytest.mark.parametrize("name,cpu", [(n, "cortex-m4") for n in tiny.TINY] +
+                         [("ds_cnn_kws", "cortex-m7")])
+def test_mlperf_tiny_int8_matches_the_qdq_model(name, cpu):
+    """int8 firmware against onnxruntime running the QDQ model `edlc quantize` writes (basic
+    optimizations: no fused u8s8 kernels), within one quantization step."""
+    from edlc.passes.quantize import quantize
+    from tests.passes.quantize.helpers import ort_exact
+
+    model = tiny.TINY[name]()
+    rng = np.random.default_rng(1)
+    samples = [{"input": rng.standard_normal(TINY_INPUT[name]).astype(np.float32)}
+               for _ in range(4)]
+    m = edlc.compile(model, target=cpu, quantize="int8", calibration=samples)
+    assert m.manifest["quantization"]["int8_layers"] == m.manifest["quantization"]["layers"]
+    g8, _ = quantize(edlc.load_onnx(model), samples)
+    run = m.run_firmware(samples[0], count=True)
+    want = ort_exact(g8.to_onnx(), samples[0])
+    for out in g8.outputs:
+        step = _step(g8, out)
+        err = np.abs(run.outputs[out.name] - want[out.name]).max()
+        assert err <= step, (out.name, err, step)
+    mem = m.memory
+    fp32_bytes = 4 * sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    assert mem["flash"]["weights"] < 0.4 * fp32_bytes  # int8 weights, int32 biases, scales
+    print(f"{name} {cpu} int8: flash {mem['flash']['total']} RAM {mem['ram']['total']} arena "
+          f"{mem['arena']['size']} instructions {run.instructions} stack {run.stack_bytes}")
