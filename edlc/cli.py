@@ -261,7 +261,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
         print(format_summary(module.manifest["sparsity"]))
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
-          f"({module.manifest['kernels']} kernels, {len(module.manifest['params'])} weight tensors)")
+          f"({module.manifest['kernels']} kernels, "
+          f"{module.manifest.get('weight_tensors', len(module.manifest['params']))} weight tensors)")
     if getattr(module, "memory", None):  # a firmware project (microcontroller targets)
         print(_memory_report(module.memory))
     return 0

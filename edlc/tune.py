@@ -424,6 +424,8 @@ def build_candidate(mod, target, params):
 
 
 def _intrinsic_family(target) -> str:
+    if target.kind.name == "cuda":
+        return "cuda"
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
     return "arm_cpu" if triple.startswith(("aarch64", "arm", "thumb")) else "x86"
 
