@@ -212,18 +212,30 @@ def compile(
         graph, quant_report = quantize_int8(graph, calibration, **dict(quantize_options or {}))
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after,
                         pass_records)
+    reports = {"quantization": quant_report, "sparsity": sparsity_report}
     try:
         lowered = lower(graph)
+        head = _manifest_head(lowered, tgt, name, digest, opt_level, reports)
         if tgt.mcu is not None or aot:  # a firmware project or a standalone program
-            return _compile_firmware(lowered, tgt, name, digest, opt_level, records,
-                                     quant_report.summary() if quant_report is not None else None)
+            return _compile_firmware(lowered, tgt, name, head, records)
         built = build(lowered, tgt, opt_level, records)
     except LoweringError as e:
         hint = _binding_hint(graph)
         if hint:
             raise LoweringError(f"{e}; {hint}") from e
         raise
-    manifest = {
+    manifest = {**head, "kernels": built.kernels, "tuning": built.tuning,
+                "params": list(lowered.params),
+                "files": ["model.so", "params.npz", *built.device_files]}
+    return Module(built.executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()},
+                  device_files=built.device_files)
+
+
+def _manifest_head(lowered: LoweredModel, tgt: Target, name: str, digest: str, opt_level: int,
+                   reports: Mapping[str, Any]) -> dict[str, Any]:
+    """What every artifact's manifest says of its making: versions, model, target, inputs and
+    outputs, and the summaries of the quantization and sparsity reports (when those ran)."""
+    head = {
         "format": 1,
         "edlc_version": edlc.__version__,
         "tvm_version": _tvm_version(),
@@ -231,24 +243,15 @@ def compile(
         "model": {"name": name, "sha256": digest},
         "target": tgt.to_json(),
         "opt_level": opt_level,
-        "kernels": built.kernels,
-        "tuning": built.tuning,
         "inputs": [_spec(n, t) for n, t in lowered.inputs],
         "outputs": [_spec(n, t) for n, t in lowered.outputs],
-        "params": list(lowered.params),
-        "files": ["model.so", "params.npz", *built.device_files],
     }
-    if quant_report is not None:
-        manifest["quantization"] = quant_report.summary()
-    if sparsity_report is not None:
-        manifest["sparsity"] = sparsity_report.summary()
-    return Module(built.executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()},
-                  device_files=built.device_files)
+    head.update({key: report.summary() for key, report in reports.items() if report is not None})
+    return head
 
 
-def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, digest: str, opt_level: int,
-                      records: str | os.PathLike | None,
-                      quantization: dict[str, Any] | None = None) -> Module:
+def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, manifest: dict[str, Any],
+                      records: str | os.PathLike | None) -> Module:
     """Ahead of time (targets/mcu, targets/standalone): kernels, a static arena, a firmware
     project or a standalone program."""
     from edlc.targets.mcu.build import compile_firmware
@@ -256,19 +259,6 @@ def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, digest: str
 
     if records is not None:
         raise EdlcError(f"target '{tgt.name}' does not apply tuning records yet")
-    manifest = {
-        "format": 1,
-        "edlc_version": edlc.__version__,
-        "tvm_version": _tvm_version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": name, "sha256": digest},
-        "target": tgt.to_json(),
-        "opt_level": opt_level,
-        "inputs": [_spec(n, t) for n, t in lowered.inputs],
-        "outputs": [_spec(n, t) for n, t in lowered.outputs],
-    }
-    if quantization is not None:
-        manifest["quantization"] = quantization
     return (compile_firmware if tgt.mcu is not None else compile_standalone)(
         lowered, tgt, name, manifest)
 
