@@ -169,3 +169,38 @@ def test_runtime_not_cached_and_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(TargetError, match="could not download the aarch64 wheels.*setup.sh"):
         arm_runtime.ensure_runtime()
     assert not list((tmp_path / "cache" / "aarch64").iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("spec", ["block:4x4:0.8", "2:4"])
+def test_sparse_kernels_under_qemu_equal_dense(rng, spec):
+    """Block-sparse and N:M kernels built for aarch64 compute what the dense layer with the same
+    pruned weights computes."""
+    from edlc.driver import import_model
+    from edlc.passes.sparsity import densify, sparsify
+    from tests.passes.sparsity.test_weights import _layer
+
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    sparse, _ = sparsify(import_model(_layer(w, 2)), spec)
+    assert sparse.nodes[0].domain == "edlc"
+    x = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    want = ort_run(densify(sparse.copy()).to_onnx(), x)["y"]
+    got = edlc.compile(sparse, target="arm").run(x)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_cnn_under_qemu_matches_the_int8_reference(rng):
+    """The int8 model built for aarch64 computes what the int8 graph's reference does (within
+    one output quantization step: aarch64 may fuse the requantize multiply-add)."""
+    from edlc.ir.interpreter import run_graph
+    from edlc.passes.quantize import quantize
+    from tests.passes.quantize.helpers import samples_for, small_cnn
+
+    model = small_cnn(rng)
+    calibration = samples_for(rng, (1, 1, 16, 16))
+    arm = edlc.compile(model, target="arm", quantize="int8", calibration=calibration)
+    x = samples_for(rng, (1, 1, 16, 16), 1)[0]
+    graph, _ = quantize(edlc.load_onnx(model), calibration)
+    (want,) = run_graph(graph, x)
+    got = arm.run(x)["logits"]
+    step = float(np.abs(want).max()) / 127
+    np.testing.assert_allclose(got, want, rtol=0, atol=step)
