@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     _pass_flags(c.add_argument_group("passes"))
     q = c.add_argument_group("compression")
     q.add_argument("--quantize", choices=["int8", "fp16", "bf16"])
-    q.add_argument("--calib", metavar="DATA.npz", help="calibration inputs for --quantize int8")
+    q.add_argument("--calib", metavar="DATA.npz",
+                   help="calibration inputs for --quantize int8 (and for the refit after --sparsity channel:R)")
     quantize_cli.add_flags(q)
     q.add_argument("--sparsity", metavar="SPEC", help="channel:0.5 | block:4x4:0.9 | 2:4")
     tu = c.add_argument_group("tuning")

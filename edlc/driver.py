@@ -180,11 +180,12 @@ def compile(
     `edlc.passes.sparsity.sparsify`, given `sparsity_options` (per-layer `layers=`, `criterion=`,
     ...); the manifest keeps its report's summary. `aot=True` builds ahead of time, without the
     TVM runtime: microcontrollers always do (a firmware project); arm gives a static program."""
-    _check_quantize(quantize, calibration)
+    spec = None
     if sparsity is not None:
         from edlc.passes.sparsity import parse_spec
 
-        parse_spec(sparsity)  # a malformed spec fails before any work
+        spec = parse_spec(sparsity)  # a malformed spec fails before any work
+    _check_calibration(quantize, calibration, spec.kind if spec is not None else None)
     options = dict(target_options or {})
     if arch is not None:
         options["arch"] = arch
@@ -204,7 +205,10 @@ def compile(
     if sparsity is not None:
         from edlc.passes.sparsity import sparsify
 
-        graph, sparsity_report = sparsify(graph, sparsity, **dict(sparsity_options or {}))
+        options = dict(sparsity_options or {})
+        if calibration is not None and spec.kind == "channel":  # refit the layers pruning cut into
+            options.setdefault("calibration", calibration)
+        graph, sparsity_report = sparsify(graph, spec, **options)
     quant_report = None
     if quantize == "int8":
         from edlc.passes.quantize import quantize as quantize_int8
@@ -263,7 +267,7 @@ def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, manifest: d
         lowered, tgt, name, manifest)
 
 
-def _check_quantize(quantize: str | None, calibration: Any) -> None:
+def _check_calibration(quantize: str | None, calibration: Any, sparsity_kind: str | None) -> None:
     from edlc.errors import InputError
 
     if quantize not in (None, "int8"):
@@ -271,8 +275,9 @@ def _check_quantize(quantize: str | None, calibration: Any) -> None:
     if quantize == "int8" and calibration is None:
         raise InputError("quantize='int8' needs calibration data: an .npz file (--calib) or an "
                          "iterable of input dicts (calibration=...)")
-    if quantize is None and calibration is not None:
-        raise InputError("calibration data is only used with quantize='int8'")
+    if quantize is None and calibration is not None and sparsity_kind != "channel":
+        raise InputError("calibration data is only used with quantize='int8' or channel pruning "
+                         "(sparsity='channel:R')")
 
 
 def _binding_hint(graph: Graph) -> str:

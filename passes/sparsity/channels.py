@@ -353,10 +353,13 @@ class _Walker:
         lay = ins[0]
         if lay is None:
             return True
-        shape = _static(node.inputs[0])
-        if shape is None:
+        t = node.inputs[0].type
+        shape = t.shape if t is not None else None
+        if not shape:
             return False
-        f = int(node.attrs.get("axis", 1)) % len(shape) if shape else 0
+        f = int(node.attrs.get("axis", 1)) % len(shape)
+        if not all(isinstance(d, int) for d in shape[f:]):  # the batch dims before may be symbolic
+            return False
         if lay.axis < f or int(np.prod(shape[f:lay.axis])) != 1:
             return False
         inner = lay.inner * int(np.prod(shape[lay.axis + 1:]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -151,11 +152,15 @@ def output_error(dense: Graph, sparse: Graph) -> dict[str, float]:
 
 def prune_channels(graph: Graph, ratio: float = 0.5, *, layers: Mapping[str, float] | None = None,
                    criterion: Criterion = "l1", round_to: int = 1, exclude: Sequence[str] = (),
-                   residual: bool = True, measure: bool = True) -> tuple[Graph, SparsityReport]:
+                   residual: bool = True, measure: bool = True,
+                   calibration: Any = None) -> tuple[Graph, SparsityReport]:
     """Remove `ratio` of the output channels of every prunable Conv/Gemm/MatMul (per-layer
     ratios in `layers`, by node name) and propagate the removal downstream. Returns the
     pruned graph (a copy) and a report. `round_to` keeps channel counts multiples of it
-    (vector-friendly); `measure` runs dense and pruned graphs once to report the error."""
+    (vector-friendly); `measure` runs dense and pruned graphs once to report the error.
+    With `calibration` (input dicts or an .npz path, as for quantization), the MatMul/Gemm
+    layers that lost input channels are refit to reproduce the dense model's outputs there
+    (`reconstruct`: least squares, no labels, no training)."""
     if not 0.0 <= ratio < 1.0 or any(not 0.0 <= r < 1.0 for r in (layers or {}).values()):
         raise InputError("channel pruning ratios must be in [0, 1)")
     if not callable(criterion) and criterion not in CRITERIA:
@@ -170,6 +175,12 @@ def prune_channels(graph: Graph, ratio: float = 0.5, *, layers: Mapping[str, flo
     kept, why = choose(plan, ratio, dict(layers or {}), criterion, max(1, round_to), residual)
     before = {p.node.name: _weight_params(p) for p in plan.producers}
     apply_plan(pruned, plan, kept)
+    refit: dict[str, tuple[float, float]] = {}
+    if calibration is not None and kept:
+        from edlc.passes.quantize.calibrate import load_calibration
+        from edlc.passes.sparsity.reconstruct import reconstruct
+
+        refit = reconstruct(dense, pruned, load_calibration(calibration, dense))
     groups = plan.groups()
     report = SparsityReport(f"channel:{ratio:g}")
     for root, members in groups.items():
@@ -181,6 +192,8 @@ def prune_channels(graph: Graph, ratio: float = 0.5, *, layers: Mapping[str, flo
                 detail += f" (group of {len(members)} with '{members[0].node.name}')"
             if root not in kept:
                 detail += f"; kept all: {why.get(root, '')}"
+            if p.node.name in refit:
+                detail += "; refit on calibration data: output error {:.1%} -> {:.1%}".format(*refit[p.node.name])
             b = before[p.node.name]
             kind = "channel" if root in kept else ("inputs" if after < b else "dense")
             report.layers.append(LayerSparsity(p.node.name, p.node.op, kind, 1 - after / b, b, after, detail))
