@@ -22,14 +22,15 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edlc.testing.fuzz.cases import KINDS, graph_case, random_case, seed_corpus  # noqa: E402
+from edlc.testing.fuzz.cases import KINDS, graph_case, random_case  # noqa: E402
+from edlc.testing.fuzz.seeds import seed_models  # noqa: E402
 from edlc.testing.fuzz.worker import Outcome, Worker  # noqa: E402
 
 
 def _corpus(path: str | None, limit: int, rng: random.Random) -> dict[str, onnx.ModelProto]:
     """The in-memory seeds plus up to `limit` models found under `path` (e.g. the ONNX node
     tests that tests/conformance generates)."""
-    seeds = seed_corpus()
+    seeds = seed_models()
     if path:
         files = sorted(Path(path).rglob("*.onnx"))
         for f in rng.sample(files, min(limit, len(files))):
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     tried: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     findings: dict[str, tuple[Outcome, int]] = {}
+    seen: Counter[str] = Counter()
     out = Path(args.out)
     t0 = time.monotonic()
     with Worker() as worker:
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             result = worker.run(case, timeout=args.timeout * (10 if build else 1))
             tried[kind] += 1
             outcomes[result.detail if result.kind == "error" else result.kind] += 1
-            if result.bad and result.signature not in findings:
-                findings[result.signature] = (result, n)
+            seen[result.signature] += result.bad
+            if result.bad and seen[result.signature] <= 3:  # a few reproducers per finding
+                findings.setdefault(result.signature, (result, n))
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"case{n}.onnx").write_bytes(case.model)
                 (out / f"case{n}.json").write_text(json.dumps(
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
     print(f"  findings: {len(findings)}")
     for sig, (_, case_no) in findings.items():
-        print(f"    [{case_no}] {sig}")
+        print(f"    [{case_no}] {sig} ({seen[sig]} case(s))")
     return 1 if findings else 0
 
 

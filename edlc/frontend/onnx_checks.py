@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import re
 from collections.abc import Iterable
 
 import onnx
@@ -27,6 +28,13 @@ MAX_RANK = 32
 # shape inference build dims of billions, and its data propagation then spends minutes on them
 MAX_WINDOW = 1 << 20
 WINDOW_ATTRS = ("kernel_shape", "strides", "dilations", "pads", "output_padding", "output_shape")
+# an axis indexes a dim, so it lies within +-MAX_RANK; onnx's shape inference crashes the process
+# on some far larger ones (LayerNormalization's axis 2^31)
+AXIS_ATTRS = ("axis", "axes", "perm", "batch_axis", "time_axis", "sequence_axis")
+# an einsum equation: terms of letters (one '...' at most) split by ',', then '->' and a term;
+# onnx's shape inference loops forever on some that are not (a '/' for the '-')
+_TERM = r"\s*(?:[A-Za-z]\s*)*(?:\.\.\.\s*)?(?:[A-Za-z]\s*)*"
+EINSUM = re.compile(rf"{_TERM}(?:,{_TERM})*(?:->{_TERM})?")
 ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "ai.onnx.preview")
 # bytes per element of ONNX element types (sub-byte types round up)
 _ITEMSIZE = {TensorProto.STRING: 8, TensorProto.BOOL: 1}
@@ -113,7 +121,7 @@ def check_opsets(model: onnx.ModelProto, where: str) -> dict[str, int]:
 # ---- graph structure ---------------------------------------------------------------------------
 def _node_label(n: onnx.NodeProto, i: int) -> str:
     op = f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-    return f"node '{n.name or f'#{i}'}' ({op})"
+    return f"node '{n.name or f'{n.op_type}_{i}'}' ({op})"  # the name import gives it
 
 
 def _subgraphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -198,10 +206,20 @@ def _check_declared(g: onnx.GraphProto, scope: str) -> None:
                 check_tensor(t, what)
             if a.type == AttributeProto.SPARSE_TENSOR:
                 check_dims(a.sparse_tensor.dims, a.sparse_tensor.values.data_type, what)
-            if a.name in WINDOW_ATTRS and a.type in (AttributeProto.INT, AttributeProto.INTS):
-                big = [v for v in ([a.i] if a.type == AttributeProto.INT else a.ints) if abs(v) > MAX_WINDOW]
-                if big:
-                    raise ModelError(f"{what} holds {big[0]}; edlc accepts at most {MAX_WINDOW} there")
+            if a.type in (AttributeProto.INT, AttributeProto.INTS):
+                _check_ints(a, what)
+            if n.op_type == "Einsum" and a.name == "equation" and not EINSUM.fullmatch(
+                    a.s.decode("utf-8", errors="replace")):
+                raise ModelError(f"{what}: {a.s.decode('utf-8', errors='replace')!r} is not an einsum "
+                                 "equation (letters and one '...' a term, ',' between, '->' before the output)")
+
+
+def _check_ints(a: onnx.AttributeProto, what: str) -> None:
+    values = [a.i] if a.type == AttributeProto.INT else list(a.ints)
+    for names, limit in ((WINDOW_ATTRS, MAX_WINDOW), (AXIS_ATTRS, MAX_RANK)):
+        big = [v for v in values if abs(v) > limit] if a.name in names else []
+        if big:
+            raise ModelError(f"{what} holds {big[0]}; edlc accepts at most {limit} in magnitude there")
 
 
 def check_text(model: onnx.ModelProto, where: str) -> None:

@@ -128,7 +128,16 @@ def test_sparse_constant_dims_are_checked_before_densifying():
 def test_window_attributes_beyond_any_real_model():
     pool = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[1, 1], pads=[0, 0, 2**31 - 1, 0])
     _refused(_model([pool], [tensor_info("x", [1, 1, 4, 4])], [tensor_info("y", ["a", "b", "c", "d"])]),
-             r"node 'pool' \(AveragePool\): attribute 'pads' holds 2147483647")
+             r"node 'pool' \(AveragePool\): attribute 'pads' holds 2147483647; edlc accepts at most 1048576")
+
+
+def test_axes_beyond_any_rank():
+    """onnx's shape inference crashes the process on LayerNormalization's axis 2^31."""
+    ln = helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=2**31)
+    s = numpy_helper.from_array(np.ones(2, np.float32), "s")
+    _refused(_model([ln], [X], [Y], [s]),
+             r"node 'LayerNormalization_0' \(LayerNormalization\): attribute 'axis' holds 2147483648; "
+             "edlc accepts at most 32")
 
 
 @pytest.mark.parametrize("attrs, match", [
@@ -173,3 +182,10 @@ def test_bindings_are_checked_like_declared_shapes(shape, match):
     m = _model([_unary()], [tensor_info("x", ["n", 4])], [tensor_info("y", ["n", 4])])
     with pytest.raises((ShapeError, ModelError), match=match):
         edlc.load_onnx(m, {"x": shape})
+
+
+def test_einsum_equations_are_parsed_first():
+    """onnx's shape inference never returns on some malformed equations."""
+    node = helper.make_node("Einsum", ["x"], ["y"], name="sum", equation="...ii />...i")
+    _refused(_model([node], [tensor_info("x", [3, 5, 5])], [tensor_info("y", [3, 5])]),
+             r"node 'sum' \(Einsum\): attribute 'equation': '...ii />...i' is not an einsum equation")

@@ -11,18 +11,13 @@ import onnx
 from edlc.testing.fuzz.check import Case
 from edlc.testing.fuzz.generate import random_graph
 from edlc.testing.fuzz.mutate import mutate_bytes, mutate_model
-from edlc.testing.fuzz.seeds import seed_models
 
 KINDS = ("graph", "mutated-graph", "mutated-seed", "bytes")
 
 
-def seed_corpus() -> dict[str, onnx.ModelProto]:
-    """The in-memory seeds (see seeds.py)."""
-    return seed_models()
-
-
-def graph_case(rng: random.Random, mutate: bool = False, compile: bool = False) -> Case:
-    rg = random_graph(rng)
+def graph_case(rng: random.Random, mutate: bool = False, compile: bool = False,
+               empty_dims: bool = True) -> Case:
+    rg = random_graph(rng, empty_dims=empty_dims)
     model, log = (mutate_model(rg.model, rng) if mutate else (rg.model, []))
     label = "graph " + ",".join(rg.log) + ("; " + "; ".join(log) if log else "")
     return Case(model.SerializeToString(), dict(rg.input_shapes), compile, label)

@@ -51,11 +51,9 @@ def prepare_folder(root: Path) -> Path:
 
 def _leaks_secret(graph) -> bool:
     probe = SECRET[:16]
-    for node in graph.all_nodes():
-        for v in node.inputs:
-            if v is not None and v.is_constant and probe in np.ascontiguousarray(v.const).tobytes():
-                return True
-    return False
+    values = [v for node in graph.all_nodes() for v in node.inputs] + list(graph.outputs)
+    return any(v is not None and v.is_constant and probe in np.ascontiguousarray(v.const).tobytes()
+               for v in values)
 
 
 def check_case(case: Case, folder: Path) -> str:

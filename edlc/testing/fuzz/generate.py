@@ -379,13 +379,15 @@ GENERATORS: list[Callable[[_Builder], bool]] = [
 ]
 
 
-def random_graph(rng: random.Random, max_nodes: int = 10) -> RandomGraph:
-    """A valid random model of up to `max_nodes` generator steps."""
+def random_graph(rng: random.Random, max_nodes: int = 10, empty_dims: bool = True) -> RandomGraph:
+    """A valid random model of up to `max_nodes` generator steps; with `empty_dims`, inputs
+    sometimes have a zero-sized dim."""
     b = _Builder(rng)
     inputs, bindings = [], {}
     for i in range(rng.choice([1, 1, 2])):
         rank = rng.choice([0, 1, 2, 3, 4, 4])
-        shape = tuple(rng.choice([1, 2, 3, 4, 5, 8]) if rng.random() > 0.03 else 0 for _ in range(rank))
+        shape = tuple(0 if empty_dims and rng.random() < 0.03 else rng.choice([1, 2, 3, 4, 5, 8])
+                      for _ in range(rank))
         name = f"in{i}"
         declared = [f"d{i}_{j}" if rng.random() < 0.2 else s for j, s in enumerate(shape)]
         inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, declared))

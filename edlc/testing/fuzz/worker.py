@@ -21,6 +21,7 @@ from edlc.testing.fuzz.check import Case, check_case, prepare_folder
 # a case may use this much memory; a bigger allocation fails in the child (MemoryError, an
 # escape) instead of exhausting the machine
 MEMORY_LIMIT = 4 << 30
+LOG = "child.log"
 
 
 @dataclass
@@ -52,9 +53,10 @@ def _serve(conn: Connection, memory_limit: int, root: str) -> None:
     """The child: run cases from `conn` until it closes, in a model folder under `root`."""
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
-    devnull = os.open(os.devnull, os.O_WRONLY)  # passes and TVM print; the parent reads conn
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+    # passes and TVM print; what the current case printed is kept for a crash report
+    log = os.open(Path(root) / LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     os.environ["EDLC_VERIFY_EACH"] = "1"
     folder = prepare_folder(Path(root))
     while True:
@@ -62,6 +64,8 @@ def _serve(conn: Connection, memory_limit: int, root: str) -> None:
             case = conn.recv()
         except EOFError:
             return
+        os.ftruncate(2, 0)
+        os.lseek(2, 0, os.SEEK_SET)
         try:
             result = Outcome("ok") if (kind := check_case(case, folder)) == "ok" else Outcome("error", kind)
         except BaseException:  # noqa: BLE001  everything but EdlcError is a finding
@@ -92,17 +96,26 @@ class Worker:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None
-        self._conn.send(case)
-        if not self._conn.poll(timeout):
-            self._stop()
-            return Outcome("hang", f"over {timeout:.0f} s")
         try:
+            self._conn.send(case)
+            if not self._conn.poll(timeout):
+                self._stop()
+                return Outcome("hang", self._log_tail() + f"over {timeout:.0f} s")
             return self._conn.recv()
-        except (EOFError, ConnectionError):
+        except (EOFError, ConnectionError):  # the child died with the case
             self._proc.join(5)
             code = self._proc.exitcode
             self._stop()
-            return Outcome("crash", f"child exited with {code}" + (" (signal)" if code and code < 0 else ""))
+            return Outcome("crash", self._log_tail() + f"child exited with {code}"
+                           + (" (signal)" if code and code < 0 else ""))
+
+    def _log_tail(self, limit: int = 1500) -> str:
+        """The end of what the crashed case printed (a C++ abort's reason, TVM's backtrace)."""
+        try:
+            text = (Path(self._root) / LOG).read_bytes()[-limit:].decode(errors="replace")
+        except OSError:
+            return ""
+        return text + ("\n" if text and not text.endswith("\n") else "")
 
     def close(self) -> None:
         self._stop()
@@ -113,7 +126,8 @@ class Worker:
         if self._proc is not None:
             if self._proc.is_alive():
                 self._proc.kill()
-            self._proc.join(5)
+            if self._proc.pid is not None:  # it started
+                self._proc.join(5)
             self._proc = None
         if self._conn is not None:
             self._conn.close()
