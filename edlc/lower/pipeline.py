@@ -5,7 +5,9 @@ fusion step and default schedules, minus what breaks.
   (a Primitive function) has its constants lifted to parameters and FuseTIR makes it one
   kernel; no other grouping happens, so the kernels are exactly edlc's decisions.
 - Control flow: with `If` in `main`, TVM 0.27's KillAfterLastUse frees storage that a later
-  branch still allocates from (a segfault in StorageObj::AllocTensor); it is left out there.
+  branch still allocates from (a segfault in StorageObj::AllocTensor), and StaticPlanBlockMemory
+  plans a tensor after the `If` into storage only one branch allocated (a segfault when the
+  other branch ran); both are left out there, and the VM allocates those tensors itself.
 - Identical kernels (fused groups of the same shapes) are built once; kernels FuseTIR leaves
   behind unused are dropped before code generation.
 """
@@ -35,7 +37,7 @@ def _default_passes(control_flow: bool) -> list:
         transform.AttachGlobalSymbol(),
     ]
     if control_flow:
-        passes = [p for p in passes if p.info.name != "KillAfterLastUse"]
+        passes = [p for p in passes if p.info.name not in ("KillAfterLastUse", "StaticPlanBlockMemory")]
     return passes
 
 

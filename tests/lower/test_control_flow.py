@@ -264,3 +264,26 @@ def test_two_ifs_with_intermediate_values_in_the_taken_branch():
     x = np.arange(4, dtype=np.float32) - 1
     for cond in (True, False):
         _check(module, model, {"c": np.array(cond), "x": x})
+
+
+def test_tensor_after_an_if_whose_branches_allocate_differently():
+    """Found by the fuzzer: StaticPlanBlockMemory put the tensor after the If into storage only
+    the else branch allocated, and the model segfaulted when the then branch ran."""
+    import numpy as np
+    import onnx.parser
+
+    import edlc
+    from tests.conftest import ort_run
+
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[4] x) => (float[4] y) <float c = {0}> {
+      s = ReduceSum <keepdims = 0> (x)
+      k = Greater(s, c)
+      r = If (k) < then_branch = t () => (float[4] o) { o = Exp(x) },
+                   else_branch = e () => (float[4] o) { o = Softplus(x) } >
+      p = Pow(r, x)
+      y = Sub(p, x)
+    }""")
+    module = edlc.compile(model, opt_level=0)
+    for x in (np.ones(4, np.float32), -np.ones(4, np.float32)):  # both branches
+        np.testing.assert_allclose(module.run({"x": x})["y"], ort_run(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
