@@ -86,6 +86,18 @@ def _reported(out: Path) -> Iterator[None]:
         raise ArtifactError(f"{out}: cannot write here ({e.strerror or e})") from e
 
 
+def json_safe(x: Any, infinity: float | None = None) -> Any:
+    """`x` (dicts, lists, numbers) with what JSON cannot hold replaced: NaN by null, and an
+    infinity by null or, given `infinity`, by that value with its sign (an exact SQNR is inf)."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return None if np.isnan(x) or infinity is None else (infinity if x > 0 else -infinity)
+    if isinstance(x, dict):
+        return {k: json_safe(v, infinity) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v, infinity) for v in x]
+    return x
+
+
 def _prefix(out: Path, kind: str) -> str:
     """Temporary siblings of `out` carry the writer's pid, so a later run can tell the leftovers
     of a killed process from the work of a live one."""

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from edlc.errors import EdlcError, InputError
+from edlc.artifact import json_safe
+from edlc.errors import EdlcError, InputError, first_line
 from edlc.runtime import load_inputs
 
 # how onnxruntime and edlc outputs must agree (as the ONNX conformance tests compare)
@@ -300,18 +301,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["peak"]["estimate"] = self.peak.describe()
-        return _finite(d)
-
-
-def _finite(x):
-    """JSON has no inf/nan: they become null."""
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
+        return json_safe(d)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -405,9 +395,8 @@ def run_onnxruntime(model_path: str | os.PathLike, inputs: Mapping[str, np.ndarr
         try:
             sess = ort.InferenceSession(str(model_path), so, providers=[provider])
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{model_path}: onnxruntime cannot load the model: "
-                             f"{first[:300]}") from e
+                             f"{first_line(e, 300)}") from e
         if provider not in sess.get_providers():  # e.g. CUDA libraries missing: it falls back
             raise InputError(f"onnxruntime could not start its {provider} (it runs with "
                              f"{', '.join(sess.get_providers())})")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edlc.errors import EdlcError, InputError, LoweringError
+from edlc.errors import EdlcError, InputError, LoweringError, first_line
 from edlc.records import count_records, locked, repair
 
 Progress = Callable[[str], None]
@@ -105,8 +105,7 @@ def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence
     except EdlcError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoweringError(f"extracting tuning tasks failed: {first[:300]}") from e
+        raise LoweringError(f"extracting tuning tasks failed: {first_line(e, 300)}") from e
     return mod, tvm_target, tasks
 
 
@@ -144,10 +143,14 @@ def _progress_callback(tasks: list[TaskInfo], total: int, start: float, progress
 
 
 def _latency_us(runner_result) -> float | None:
-    secs = [float(s) for s in (runner_result.run_secs or [])]
-    if runner_result.error_msg is None and secs and min(secs) < 1e9:
-        return sum(secs) / len(secs) * 1e6
-    return None
+    return _mean_us(runner_result.run_secs) if runner_result.error_msg is None else None
+
+
+def _mean_us(run_secs) -> float | None:
+    """Mean of a measurement's run times in µs; None when there are none or the candidate
+    failed (MetaSchedule records a failure as 1e10 s)."""
+    secs = [float(s) for s in (run_secs or [])]
+    return sum(secs) / len(secs) * 1e6 if secs and min(secs) < 1e9 else None
 
 
 def _estimate_ms(tasks: list[TaskInfo]) -> float:
@@ -280,10 +283,8 @@ def _known_best(contexts, infos: list[TaskInfo], database) -> None:
             continue
         top = database.get_top_k(database.commit_workload(ctx.mod), 1 << 30)
         info.trials_before = len(top)
-        for record in top[:1]:
-            secs = [float(s) for s in record.run_secs or []]
-            if secs and min(secs) < 1e9:
-                info.best_us = sum(secs) / len(secs) * 1e6
+        if top:
+            info.best_us = _mean_us(top[0].run_secs)
 
 
 def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials: int = 1000,

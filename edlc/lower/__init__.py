@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edlc.errors import EdlcError, LoweringError, UnsupportedOpError
+from edlc.errors import EdlcError, LoweringError, UnsupportedOpError, first_line
 from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.ops import op_def
 from edlc.ir.types import TensorType
@@ -187,8 +187,7 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
     except EdlcError:
         raise
     except Exception as e:  # a converter rejected this node
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoweringError(f"node '{node.name}' ({node.qualified_op}): cannot lower: {msg[:300]}") from e
+        raise LoweringError(f"node '{node.name}' ({node.qualified_op}): cannot lower: {first_line(e, 300)}") from e
     if isinstance(result, relax.Expr) and not isinstance(result, relax.Tuple) and isinstance(result.ty, relax.TupleType):
         result = [ctx.emit(relax.TupleGetItem(result, i)) for i in range(len(result.ty.fields))]
     elif isinstance(result, relax.Tuple):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edlc.errors import LoweringError
+from edlc.errors import LoweringError, first_line
 from edlc.lower import LoweredModel, pipeline
 from edlc.memory_plan import align_up
 
@@ -116,8 +116,7 @@ def lower_aot(lowered: LoweredModel, target, name: str) -> AotProgram:
     except LoweringError:
         raise
     except Exception as e:  # a TVM failure: say where, keep the cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoweringError(f"AOT build for target '{target.name}' failed: {first[:400]}") from e
+        raise LoweringError(f"AOT build for target '{target.name}' failed: {first_line(e)}") from e
     for c in program.calls:
         c.workspace = workspaces.get(c.kernel, 0)
     program.workspaces = workspaces

@@ -253,6 +253,22 @@ def _read_index(sch, rv, buffer) -> int:
     return next(k for k, r in enumerate(sch.get(rv).reads) if r.source.same_as(buffer))
 
 
+def place_epilogue(sch: s_tir.Schedule, rv, tile, consumer) -> object:
+    """Keep the contraction's accumulator tile in registers ("local") and write it out per
+    `tile`: through its single elementwise `consumer` computed there when that works (bias,
+    activation, residual add fused), else through a cache write. Returns the epilogue block."""
+    if consumer is not None:
+        try:
+            sch.reverse_compute_at(consumer, tile)
+            sch.set_scope(rv, 0, "local")
+            return consumer
+        except s_tir.ScheduleError:
+            pass
+    epilogue = sch.cache_write(rv, 0, "local")
+    sch.reverse_compute_at(epilogue, tile)
+    return epilogue
+
+
 def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU) -> None:
     """Schedule the contraction in place; raises ScheduleError where a step does not apply
     (the caller works on a copy of the schedule)."""
@@ -320,21 +336,12 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU) -> None:
                       if sch.get(b).writes[0].source.same_as(buffer))
         sch.transform_layout(writer, ("write", 0), _phase_split(len(buffer.shape), stride))
 
-    out_buffer = info.store.buffer
     consumers = sch.get_consumers(rv)
-    epilogue = None
-    if not is_param(func, out_buffer) and len(consumers) == 1:
+    consumer = None
+    if not is_param(func, info.store.buffer) and len(consumers) == 1:
         cons = block_info(sch, consumers[0])
-        if cons is not None and cons.is_spatial:
-            try:
-                sch.reverse_compute_at(consumers[0], tile)
-                epilogue = consumers[0]
-                sch.set_scope(rv, 0, "local")
-            except s_tir.ScheduleError:
-                epilogue = None
-    if epilogue is None:
-        epilogue = sch.cache_write(rv, 0, "local")
-        sch.reverse_compute_at(epilogue, tile)
+        consumer = consumers[0] if cons is not None and cons.is_spatial else None
+    epilogue = place_epilogue(sch, rv, tile, consumer)
     j_dim = c.out_vars.index(p.j)
     if j_dim != len(c.out_vars) - 1:
         sch.transform_layout(rv, ("write", 0), _j_innermost(len(c.out_vars), j_dim, p.T))

@@ -21,7 +21,13 @@ from functools import cache
 from tvm import s_tir, tirx
 
 from edlc.schedules.analysis import CPU, Load, divisors_desc, vars_in
-from edlc.schedules.contraction import Contraction, _extent, _j_innermost, _strip_cast
+from edlc.schedules.contraction import (
+    Contraction,
+    _extent,
+    _j_innermost,
+    _strip_cast,
+    place_epilogue,
+)
 
 PAIR = 2
 
@@ -166,17 +172,7 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU
         sch.parallel(par)
 
     consumers = sch.get_consumers(rv)
-    epilogue = None
-    if len(consumers) == 1:
-        try:
-            sch.reverse_compute_at(consumers[0], tile)
-            epilogue = consumers[0]
-            sch.set_scope(rv, 0, "local")
-        except s_tir.ScheduleError:
-            epilogue = None
-    if epilogue is None:
-        epilogue = sch.cache_write(rv, 0, "local")
-        sch.reverse_compute_at(epilogue, tile)
+    epilogue = place_epilogue(sch, rv, tile, consumers[0] if len(consumers) == 1 else None)
     j_dim = c.out_vars.index(p.j)
     if j_dim != len(c.out_vars) - 1:
         sch.transform_layout(rv, ("write", 0), _j_innermost(len(c.out_vars), j_dim, isa.lanes))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edlc.artifact import json_safe
+
 
 @dataclass
 class LayerReport:
@@ -45,16 +47,17 @@ class QuantReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sqnr_db"], d["drop"] = self.sqnr_db, self.drop
-        return _finite(d)
+        return json_safe(d, infinity=1e9)
 
     def summary(self) -> dict:
         """The figures an artifact's manifest keeps."""
-        return _finite({"method": self.method, "activations": self.activations,
-                        "samples": self.samples,
-                        "int8_layers": sum(r.status == "int8" for r in self.layers),
-                        "layers": len(self.layers), "fallbacks": list(self.fallbacks),
-                        "size_before": self.size_before, "size_after": self.size_after,
-                        "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement})
+        return json_safe({"method": self.method, "activations": self.activations,
+                          "samples": self.samples,
+                          "int8_layers": sum(r.status == "int8" for r in self.layers),
+                          "layers": len(self.layers), "fallbacks": list(self.fallbacks),
+                          "size_before": self.size_before, "size_after": self.size_after,
+                          "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement},
+                         infinity=1e9)
 
     def format(self) -> str:
         lines = [f"int8 quantization ({self.method} calibration on {self.samples} samples, "
@@ -82,16 +85,6 @@ def _db(x: float | None) -> str:
     if x is None:
         return "-"
     return "inf" if math.isinf(x) and x > 0 else f"{x:.1f}"
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else (1e9 if x > 0 else -1e9)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 __all__ = ["LayerReport", "QuantReport"]

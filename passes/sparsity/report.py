@@ -4,8 +4,9 @@ error against the dense model."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
+
+from edlc.artifact import json_safe
 
 
 @dataclass
@@ -44,12 +45,12 @@ class SparsityReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["estimated_speedup"] = self.estimated_speedup
-        return _finite(d)
+        return json_safe(d)
 
     def summary(self) -> dict:
         """The figures an artifact's manifest keeps."""
         kept, total = self.kept_params
-        return _finite({"spec": self.spec, "layers": len(self.layers),
+        return json_safe({"spec": self.spec, "layers": len(self.layers),
                         "sparse_layers": sum(r.kind != "dense" for r in self.layers),
                         "kept_params": kept, "params": total,
                         "size_before": self.size_before, "size_after": self.size_after,
@@ -83,16 +84,6 @@ def format_summary(summary: dict) -> str:
             f"sparse, kept {summary['kept_params']:,} of {summary['params']:,} parameters, "
             f"weights {summary['size_before'] / 1e6:.2f} MB -> {summary['size_after'] / 1e6:.2f} MB"
             + (f", estimated speedup {est:.2f}x" if est else ""))
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 __all__ = ["LayerSparsity", "SparsityReport", "format_summary"]
