@@ -112,6 +112,7 @@ class Build:
 
     executable: Any
     kernels: int
+    params: dict[str, Any]  # what `main` takes after its inputs (weights, some re-laid)
     tuning: dict[str, Any] | None = None
     device_files: dict[str, bytes] = field(default_factory=dict)
 
@@ -131,14 +132,14 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
                 mod, found, missing, left_out = pipeline.apply_records(mod, tgt, records)
                 tuning = {"records": str(records), "kernels_with_record": found,
                           "kernels_without_record": missing, "records_left_out": left_out}
-            mod = pipeline.finish(mod, tgt)
+            mod, params = pipeline.finish(mod, tgt, dict(lowered.params))
             if target.device == "cuda":
                 from edlc.targets import cuda
 
                 executable, files = cuda.build(mod, tgt)
-                return Build(executable, count_kernels(mod), tuning, files)
+                return Build(executable, count_kernels(mod), params, tuning, files)
             return Build(tvm.compile(mod, target=tgt, relax_pipeline=None), count_kernels(mod),
-                         tuning)
+                         params, tuning)
     except EdlcError:
         raise
     except Exception as e:
@@ -229,9 +230,9 @@ def compile(
             raise LoweringError(f"{e}; {hint}") from e
         raise
     manifest = {**head, "kernels": built.kernels, "tuning": built.tuning,
-                "params": list(lowered.params),
+                "params": list(built.params),
                 "files": ["model.so", "params.npz", *built.device_files]}
-    return Module(built.executable, manifest, {k: np.asarray(v) for k, v in lowered.params.items()},
+    return Module(built.executable, manifest, {k: np.asarray(v) for k, v in built.params.items()},
                   device_files=built.device_files)
 
 

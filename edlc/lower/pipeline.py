@@ -64,7 +64,7 @@ def fuse(mod, target):
         mod = lift_primitive_constants(mod)
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         mod = relax.transform.FuseTIR()(mod)
-        return prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target)
+        return mark_weight_params(prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target))
 
 
 def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str], list[str]]:
@@ -110,10 +110,11 @@ def is_scheduled(func) -> bool:
     return func.attrs is not None and SCHEDULED in func.attrs and bool(func.attrs[SCHEDULED])
 
 
-def finish(mod, target):
+def finish(mod, target, params: dict | None = None) -> tuple[object, dict | None]:
     """Default schedules for the kernels tuning records did not schedule (edlc's own on CPUs,
-    TVM's dlight rules on GPUs), then TVM's default build passes; the module is then ready for
-    `tvm.compile(..., relax_pipeline=None)`."""
+    TVM's dlight rules on GPUs), the weight re-layouts they ask for done now (with the weights,
+    `params`), then TVM's default build passes. Returns the module, ready for
+    `tvm.compile(..., relax_pipeline=None)`, and the parameters its `main` takes."""
     import tvm
 
     from edlc.schedules import apply_default_schedules
@@ -122,8 +123,154 @@ def finish(mod, target):
     schedule = apply_gpu_schedules if "gpu" in target.keys else apply_default_schedules
     with target:
         mod = schedule(mod, target)
+        if params is not None:
+            mod, params = prepack_weights(mod, params)
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
-    return drop_unused_kernels(mod)
+    return drop_unused_kernels(mod), params
+
+
+_CALL_TIR = "relax.call_tir"
+
+
+def _call_tir_sites(f) -> list:
+    """(kernel GlobalVar, argument list) of every call_tir in a Relax function."""
+    import tvm
+    from tvm import relax
+
+    op = tvm.ir.Op.get(_CALL_TIR)
+    sites: list = []
+    relax.analysis.post_order_visit(f, lambda e: sites.append((e.args[0], list(e.args[1].fields)))
+                                    if isinstance(e, relax.Call) and e.op.same_as(op) else None)
+    return sites
+
+
+def mark_weight_params(mod):
+    """Give each kernel the "layout_free_buffers" attribute TVM's schedules read: the indices
+    of its parameters that every call passes a weight (a parameter of `main` after its
+    `num_input` inputs). A schedule may then ask for such a parameter in another layout, made
+    once when compiling (`prepack_weights`). TVM's AttachAttrLayoutFreeBuffers does the same
+    but renames every kernel it marks."""
+    from tvm import relax, tirx
+
+    gvs = {gv.name_hint: gv for gv in mod.get_global_vars()}
+    main = mod[gvs["main"]] if "main" in gvs else None
+    if main is None or main.attrs is None or "num_input" not in main.attrs:
+        return mod
+    weights = list(main.params[int(main.attrs["num_input"]):])
+    free: dict[str, list[bool]] = {}
+    for f in mod.functions.values():
+        if not isinstance(f, relax.Function):
+            continue
+        for gv, args in _call_tir_sites(f):
+            flags = [f.same_as(main) and any(a.same_as(w) for w in weights) for a in args]
+            seen = free.setdefault(gv.name_hint, flags)
+            free[gv.name_hint] = [x and y for x, y in zip(seen, flags)]
+    functions = {}
+    for gv, f in mod.functions.items():
+        indices = [k for k, flag in enumerate(free.get(gv.name_hint, [])) if flag]
+        if isinstance(f, tirx.PrimFunc) and indices:
+            f = f.with_attr("layout_free_buffers", indices)
+        functions[gv] = f
+    return tvm_module(functions, mod)
+
+
+def tvm_module(functions: dict, like):
+    import tvm
+
+    return tvm.IRModule(functions, attrs=like.attrs, global_infos=like.global_infos)
+
+
+def prepack_weights(mod, params: dict) -> tuple[object, dict]:
+    """Run the weight re-layouts the schedules asked for (blocks annotated
+    meta_schedule.layout_rewrite_preproc) once, now: TVM's SplitLayoutRewritePreproc moves each
+    into a kernel of its own called on the weight; each such call becomes a new parameter of
+    `main` holding the re-laid weight, and a weight nothing else reads is dropped. Returns the
+    module and the parameters `main` takes after its inputs, in order."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    main_gv = mod.get_global_var("main")
+    main = mod[main_gv]
+    n_in = int(main.attrs["num_input"])
+    weights = list(main.params[n_in:])
+    values = list(params.values())
+    if len(values) != len(weights):
+        return mod, params
+    calls = {}  # binding var -> (prepack kernel name, weight index)
+    op = tvm.ir.Op.get(_CALL_TIR)
+    for block in main.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if not (isinstance(v, relax.Call) and v.op.same_as(op)
+                    and v.args[0].name_hint.endswith("_weight_prepack")):
+                continue
+            args = list(v.args[1].fields)
+            index = [next((k for k, w in enumerate(weights) if a.same_as(w)), None) for a in args]
+            if len(args) == 1 and index[0] is not None:
+                calls[b.var] = (v.args[0].name_hint, index[0])
+    if not calls:
+        return mod, params
+    kernels = {name for name, _ in calls.values()}
+    lib = tvm.compile(tvm.IRModule({name: mod[name].with_attr("global_symbol", name)
+                                    for name in kernels}), target="llvm").jit()
+    new_params = {}
+    replace = {}
+    names = list(params)
+    for var, (name, k) in calls.items():
+        out_ty = var.ty
+        out = tvm.runtime.tensor(np.empty([int(d) for d in out_ty.shape.values], str(out_ty.dtype)))
+        lib[name](tvm.runtime.tensor(np.ascontiguousarray(values[k])), out)
+        key = f"{names[k]}.prepacked{len(new_params)}"
+        new_params[key] = out.numpy()
+        replace[var] = relax.Var(key, out_ty)
+
+    @mutator
+    class _Substitute(PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var not in replace:
+                super().visit_var_binding_(binding)
+
+        def visit_var_(self, var):
+            return replace.get(var, var)
+
+        def visit_dataflow_var_(self, var):
+            return replace.get(var, var)
+
+    body = _Substitute().visit_expr(main.body)
+    used = set()
+    relax.analysis.post_order_visit(body, lambda e: used.add(e) if isinstance(e, relax.Var) else None)
+    kept = [(w, names[k], values[k]) for k, w in enumerate(weights) if w in used]
+    new_main = relax.Function(list(main.params[:n_in]) + [w for w, _, _ in kept] + list(replace.values()),
+                              body, main.ret_ty, main.is_pure, main.attrs)
+    functions = {gv: (new_main if gv.same_as(main_gv) else f) for gv, f in mod.functions.items()}
+    out_params = {name: value for _, name, value in kept}
+    out_params.update(new_params)
+    return _drop_suffix(drop_unused_kernels(tvm_module(functions, mod)), "_prepacked"), out_params
+
+
+def _drop_suffix(mod, suffix: str):
+    """Kernels named X<suffix> renamed X where no X is left, so that profiles, FLOP counts and
+    reports keep naming a kernel as the fused module did."""
+    from tvm import relax
+
+    from edlc.lower.fused import retarget_call_tir
+
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    rename = {gv.name_hint: gv.name_hint[:-len(suffix)] for gv in mod.get_global_vars()
+              if gv.name_hint.endswith(suffix) and gv.name_hint[:-len(suffix)] not in names}
+    if not rename:
+        return mod
+    kept = {gv: f for gv, f in mod.functions.items() if gv.name_hint not in rename}
+    bb = relax.BlockBuilder(tvm_module(kept, mod))  # it types the new GlobalVars
+    new_gvs = {old: bb.add_func(mod[old].with_attr("global_symbol", new), new)
+               for old, new in rename.items()}
+    for gv, f in kept.items():
+        if isinstance(f, relax.Function):
+            bb.update_func(gv, retarget_call_tir(f, new_gvs))
+    return bb.get()
 
 
 def drop_unused_kernels(mod):
