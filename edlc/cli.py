@@ -286,8 +286,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         result = tune(args.model, args.target, records=args.records, trials=args.trials,
                       input_shapes=_shapes(args.input_shape), opt_level=args.opt_level,
                       time_budget_s=budget, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                      population=args.population,
-                      progress=_progress)
+                      population=args.population, progress=_progress,
+                      target_options={"mcpu": args.mcpu, "mattr": args.mattr})
     except TuningInterrupted as e:
         print(f"edlc: {e}", file=sys.stderr)
         return 130
@@ -520,7 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--records", metavar="DIR", required=True, help="tuning database directory")
     t.add_argument("--population", type=int, default=512,
                    help="evolutionary search population per batch (default 512; larger: slower, finer)")
-    t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers of this tracker")
+    t.add_argument("--mcpu", help="CPU model for the target, as for compile (e.g. cortex-a76 for arm)")
+    t.add_argument("--mattr", help="comma-separated target features, as for compile (e.g. +dotprod)")
+    t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers of this tracker "
+                   "(required for arm: candidates are cross-built here and timed on the board)")
     t.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
     t.set_defaults(fn=cmd_tune)
 

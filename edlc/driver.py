@@ -219,7 +219,7 @@ def compile(
                         pass_records)
     reports = {"quantization": quant_report, "sparsity": sparsity_report}
     try:
-        lowered = lower(graph)
+        lowered = lower(graph, tgt)
         head = _manifest_head(lowered, tgt, name, digest, opt_level, reports)
         if tgt.mcu is not None or aot:  # a firmware project or a standalone program
             return _compile_firmware(lowered, tgt, name, head, records)

@@ -69,6 +69,14 @@ def check_inputs(inputs: Mapping[str, Any], specs: list[dict[str, Any]]) -> list
         for got, dim in zip(a.shape, s["shape"]):
             if isinstance(dim, int) and got != dim or isinstance(dim, str) and bound.setdefault(dim, got) != got:
                 raise InputError(f"input '{s['name']}': shape {list(a.shape)}, expected {_fmt(s)}")
+            if isinstance(dim, str) and got == 0:
+                # the kernels were built for any size but do not all handle none (some write
+                # their first element regardless); a model compiled for the empty shape does
+                raise InputError(
+                    f"input '{s['name']}': shape {list(a.shape)} is empty along dim '{dim}', which "
+                    f"the model was compiled for any size of; to run on empty tensors, compile "
+                    f"with the shape bound (--input-shape {s['name']}="
+                    f"{'x'.join(str(d) for d in a.shape)}, or input_shapes=)")
         arrays.append(np.require(a, requirements='C'))  # keeps 0-d arrays 0-d
     return arrays
 

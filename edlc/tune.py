@@ -14,8 +14,10 @@ records found so far.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,7 +102,7 @@ def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence
     graph, _ = optimize(graph, opt_level)
     tvm_target = tgt.tvm_target()
     try:
-        mod = pipeline.fuse(lower(graph).mod, tvm_target)
+        mod = pipeline.fuse(lower(graph, tgt).mod, tvm_target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
     except EdlcError:
         raise
@@ -228,27 +230,44 @@ def _batch_size(trials_per_iter: int | None, remaining: int, n_tasks: int) -> in
     return max(1, min(64, max(16, remaining // (4 * n_tasks)), remaining))
 
 
-def _seed_default_schedules(contexts, infos: list[TaskInfo], database, builder, runner, target) -> int:
-    """Measure edlc's default schedule of every task the database has no record of, and commit
-    it as a record: the search starts from it and tuned kernels never lose to untuned ones."""
+def _seed_default_schedules(contexts, infos: list[TaskInfo], database, builder, runner, target,
+                            limit: int = 0) -> int:
+    """Measure edlc's default schedule of every task the database has no record of, then, up
+    to `limit` candidates in all, its variants (other register tiles, padding per tile or once:
+    `edlc.schedules.schedule_variants`), heaviest tasks first; commit each as a record. The
+    search starts from them, and tuned kernels never lose to untuned ones."""
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from edlc.schedules import default_schedule
+    from edlc.schedules import default_schedule, schedule_variants
     from edlc.schedules.analysis import cpu_of
 
     cpu = cpu_of(target)
     if cpu is None:
         return 0
-    seeds = []
-    for i, ctx in enumerate(contexts):
-        if infos[i].trials_before:
-            continue
+
+    def schedule(func, variant=None):
         try:
-            sch = default_schedule(ctx.mod["main"], cpu)
-        except Exception:  # noqa: BLE001  no default schedule: the search starts from scratch
-            sch = None
-        if sch is not None:
-            seeds.append((i, sch, ms.arg_info.ArgInfo.from_prim_func(ctx.mod["main"])))
+            return default_schedule(func, cpu, variant)
+        except Exception:  # noqa: BLE001  no such schedule: the search starts from scratch
+            return None
+
+    fresh = [i for i in range(len(contexts)) if not infos[i].trials_before]
+    candidates = [(i, schedule(contexts[i].mod["main"])) for i in fresh]
+    for i in sorted(fresh, key=lambda i: -infos[i].weight):
+        func = contexts[i].mod["main"]
+        for variant in schedule_variants(func, cpu):
+            if len(candidates) >= limit:
+                break
+            candidates.append((i, schedule(func, variant)))
+    seeds, seen = [], set()
+    for i, sch in candidates:
+        key = (i, tvm_ffi.structural_hash(sch.mod)) if sch is not None else None
+        if sch is not None and key not in seen:  # a variant may come out as another one
+            seen.add(key)
+            # the arguments of the kernel as measured: a weight the schedule re-lays arrives
+            # re-laid (the re-layout runs when compiling), as MetaSchedule measures candidates
+            seeds.append((i, sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
     if not seeds:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch, _ in seeds])
@@ -276,6 +295,19 @@ def _seed_default_schedules(contexts, infos: list[TaskInfo], database, builder, 
     return committed
 
 
+def _design_space(target):
+    """MetaSchedule's design space, its schedule rules applied post-order, with its default
+    postprocessors but RewriteLayout on CPUs: that one fails (a check inside TVM, raised, not
+    reported) on edlc's schedules, which re-lay their weights themselves, and the search
+    evolves from those once they are measured; a raise there ends the whole search."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if target.kind.name != "llvm":
+        return "post-order-apply"
+    postprocs = [p for p in ms.postproc.Postproc.create("llvm") if type(p).__name__ != "RewriteLayout"]
+    return ms.space_generator.PostOrderApply(postprocs=postprocs)
+
+
 def _known_best(contexts, infos: list[TaskInfo], database) -> None:
     """Each task's records and best latency from earlier runs (what a resumed run builds on)."""
     for ctx, info in zip(contexts, infos):
@@ -291,15 +323,30 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
          input_shapes: Mapping[str, Sequence[int]] | None = None, opt_level: int = 2,
          time_budget_s: float | None = None, rpc_tracker: str | None = None,
          rpc_key: str | None = None, trials_per_iter: int | None = None, population: int = 512,
-         progress: Progress | None = None) -> TuneResult:
+         progress: Progress | None = None,
+         target_options: Mapping[str, Any] | None = None) -> TuneResult:
     """Tune a model's kernels until `records` holds `trials` measured candidates (counting
     those of earlier runs) or the time budget is spent. The first measured candidate of each
-    kernel is edlc's default schedule."""
+    kernel is edlc's default schedule. A target whose code does not run in this process (arm:
+    only emulated here, and QEMU's timings are not the board's) is measured on the board,
+    through an RPC tracker; its candidates are linked by the target's cross compiler."""
+    from edlc.target import get_target
+
     if trials < 1:
         raise InputError(f"--trials must be at least 1, got {trials}")
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
     records = Path(records)
-    _, tvm_target, extracted = extract(model, target, input_shapes, opt_level)
+    tgt = get_target(target, **dict(target_options or {}))
+    if tgt.mcu is not None:
+        raise InputError(f"target '{tgt.name}' is not tuned: a microcontroller has no RPC server to "
+                         "time candidates on (its kernels get edlc's default schedules)")
+    if tgt.runner != "local" and rpc_tracker is None:
+        raise InputError(f"target '{tgt.name}' runs here only under {tgt.runner}, whose timings are "
+                         "not the board's: tune on the board with --rpc-tracker HOST:PORT --rpc-key "
+                         "KEY (an RPC server on the board registered with the tracker)")
+    if rpc_tracker is not None:
+        check_tracker(rpc_tracker, rpc_key)  # fail in seconds, not after extracting tasks
+    _, tvm_target, extracted = extract(model, tgt, input_shapes, opt_level)
     if not extracted:
         raise InputError("the model has no kernels to tune")
     with locked(records, progress):
@@ -307,17 +354,17 @@ def tune(model: Any, target: Any = "x86", *, records: str | os.PathLike, trials:
         if check.dropped:
             progress(check.report(records) + f"; the originals are kept as {records}/*.corrupt")
         return _tune_tasks(extracted, tvm_target, records, trials, time_budget_s, rpc_tracker,
-                           rpc_key, trials_per_iter, population, progress)
+                           rpc_key, trials_per_iter, population, progress, tgt.cc)
 
 
 def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s: float | None,
                 rpc_tracker: str | None, rpc_key: str | None, trials_per_iter: int | None,
-                population: int, progress: Progress) -> TuneResult:
+                population: int, progress: Progress, cc: str | None = None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
 
     load_tensor_intrinsics(_intrinsic_family(tvm_target))
     contexts, calls = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted_tasks=extracted, work_dir=str(records),
+        extracted_tasks=extracted, work_dir=str(records), space=_design_space(tvm_target),
         strategy=ms.search_strategy.EvolutionarySearch(population_size=population))
     flops = [_flops(t) for t in extracted]
     work = [c * f for c, f in zip(calls, flops)]
@@ -335,12 +382,13 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
     stop: list[str] = []
     start = time.monotonic()
     cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
-    builder = ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate)
+    builder = candidate_builder(cc)
     runner = _runner(rpc_tracker, rpc_key)
     try:
-        seeded = _seed_default_schedules(contexts, infos, database, builder, runner, tvm_target)
+        seeded = _seed_default_schedules(contexts, infos, database, builder, runner, tvm_target,
+                                         limit=trials - before)
         if seeded:
-            progress(f"tuning: measured the default schedules of {seeded} kernels, "
+            progress(f"tuning: measured {seeded} default schedules and their variants, "
                      f"model ~{_estimate_ms(infos):.2f} ms")
         remaining = trials - before - seeded
         if remaining > 0:
@@ -424,6 +472,60 @@ def build_candidate(mod, target, params):
     return tvm_build(mod, target=target)
 
 
+def candidate_builder(cc: str | None = None):
+    """MetaSchedule's builder for the candidates: built with only the target's tensor
+    intrinsics, and, given a cross compiler `cc` (arm: aarch64-linux-gnu-gcc), exported as a
+    shared object it links, which the board's RPC server loads without a compiler of its own."""
+    from tvm.s_tir import meta_schedule as ms
+
+    export = functools.partial(export_candidate, cc=cc) if cc else None
+    return ms.builder.LocalBuilder(timeout_sec=120, f_build=build_candidate, f_export=export)
+
+
+def export_candidate(mod, cc: str) -> str:
+    """A built candidate as a shared object linked by `cc`; returns its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="edlc-candidate-"), "candidate.so")
+    mod.export_library(path, cc=cc)
+    return path
+
+
+def check_tracker(rpc_tracker: str, rpc_key: str | None, timeout_s: float = 5.0) -> None:
+    """Raise a TargetError unless the tracker at HOST:PORT answers within `timeout_s` and an
+    RPC server has registered with it under `rpc_key` (TVM's own client retries for a minute
+    and then fails candidate by candidate)."""
+    import json
+    import socket
+    import struct
+
+    from tvm.rpc import base
+
+    from edlc.errors import TargetError
+
+    if not rpc_key:
+        raise InputError("--rpc-tracker needs --rpc-key KEY (the key the servers registered with)")
+    host, port = parse_tracker(rpc_tracker)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+                raise TargetError(f"{host}:{port} is not a TVM RPC tracker")
+            base.sendjson(sock, [base.TrackerCode.SUMMARY])
+            code, summary = base.recvjson(sock)
+    except TargetError:
+        raise
+    except (OSError, RuntimeError, ValueError, struct.error, json.JSONDecodeError) as e:
+        raise TargetError(f"cannot reach the RPC tracker at {host}:{port} ({first_line(e)}); start it "
+                          "with `python -m tvm.exec.rpc_tracker --port PORT`") from e
+    if code != base.TrackerCode.SUCCESS:
+        raise TargetError(f"the RPC tracker at {host}:{port} refused its summary ({summary})")
+    keys = {s.get("key", "").partition(":")[2] for s in summary.get("server_info", [])}
+    if rpc_key not in keys:
+        known = ", ".join(sorted(k for k in keys if k)) or "none"
+        raise TargetError(f"no RPC server has registered with the tracker at {host}:{port} under key "
+                          f"'{rpc_key}' (keys there: {known}); on the board run `python -m "
+                          f"tvm.exec.rpc_server --tracker {host}:{port} --key {rpc_key}`")
+
+
 def _intrinsic_family(target) -> str:
     if target.kind.name == "cuda":
         return "cuda"
@@ -448,5 +550,5 @@ def _runner(rpc_tracker: str | None, rpc_key: str | None):
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
 
 
-__all__ = ["TaskInfo", "TuneResult", "TuningInterrupted", "count_records", "extract", "parse_duration",
-           "tune"]
+__all__ = ["TaskInfo", "TuneResult", "TuningInterrupted", "candidate_builder", "check_tracker",
+           "count_records", "extract", "parse_duration", "tune"]

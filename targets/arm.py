@@ -7,8 +7,12 @@ The artifact is a bundle that runs on the board without Python:
       run-model                             aarch64 program: ./run-model inputs.npz outputs.npz
       lib/libtvm_runtime.so lib/libtvm_ffi.so   the TVM runtime (run-model's rpath: $ORIGIN/lib)
 
-On this host, `Module.run` runs the same bundle under `qemu-aarch64 -L /usr/aarch64-linux-gnu`.
-The runtime libraries come from PyPI's aarch64 wheels (see arm_runtime.py).
+On this host, `Module.run` runs the same bundle under `qemu-aarch64 -L /usr/aarch64-linux-gnu`,
+emulating the board's CPU (`-cpu cortex-a72` for the default): code the board could not run
+(an `sdot` on a cortex-a72) stops with an illegal instruction here as it would there. Where
+--mattr asks for more than the CPU has, QEMU's `max` CPU runs it. QEMU counts instructions;
+it says nothing of the board's timings. The runtime libraries come from PyPI's aarch64 wheels
+(see arm_runtime.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's cross libc; QEMU_LD_PREFIX overri
 MCPUS = ("cortex-a72", "cortex-a53", "cortex-a76", "neoverse-n1")  # the first is the default
 MATTRS = ("+neon", "+dotprod", "+i8mm", "+fp16")
 CORES = {"cortex-a53": 4, "cortex-a72": 4, "cortex-a76": 4, "neoverse-n1": 4}
+# what each CPU has beyond armv8-a NEON (LLVM agrees); the rest comes with --mattr
+IMPLIED = {"cortex-a53": (), "cortex-a72": (), "cortex-a76": ("dotprod", "fp16"),
+           "neoverse-n1": ("dotprod", "fp16")}
 
 
 def _mattr(mattr: list[str] | str | None) -> list[str]:
@@ -59,8 +66,18 @@ def arm(mcpu: str | None = None, mattr: list[str] | str | None = None,
     tvm_target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": attrs,
                   "num-cores": int(num_cores or CORES[mcpu])}
     return Target("arm", tvm_target, cc=CC, runner=QEMU,
-                  features={a[1:]: a in attrs for a in MATTRS},
+                  features={a[1:]: a in attrs or a[1:] in IMPLIED[mcpu] for a in MATTRS},
                   description=f"aarch64 Linux ({mcpu}), run here under {QEMU}")
+
+
+def qemu_cpu(tvm_target: Mapping[str, Any]) -> str:
+    """QEMU's model of the board's CPU (`-cpu`), or "max" where --mattr asks for features that
+    CPU lacks (or the CPU is not one QEMU knows)."""
+    mcpu = tvm_target.get("mcpu")
+    extra = {a[1:] for a in tvm_target.get("mattr", ()) if a.startswith("+")} - {"neon"}
+    if mcpu in IMPLIED and extra <= set(IMPLIED[mcpu]):
+        return mcpu
+    return "max"
 
 
 class QemuAarch64Runner:
@@ -97,8 +114,8 @@ class QemuAarch64Runner:
         with tempfile.TemporaryDirectory(prefix="edlc-arm-") as tmp:
             ins, outs = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "outputs.npz")
             np.savez(ins, **inputs)
-            cmd = [qemu, "-L", sysroot, str(directory / "run-model"), "--dir", str(directory),
-                   ins, outs]
+            cmd = [qemu, "-cpu", qemu_cpu(manifest["target"]["tvm"]), "-L", sysroot,
+                   str(directory / "run-model"), "--dir", str(directory), ins, outs]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True)
             except OSError as e:

@@ -140,6 +140,30 @@ def test_first_record_of_each_kernel_is_the_default_schedule(tmp_path):
     assert "sch.parallel" in record or '"Parallel"' in record  # the default rule's parallel loop nest
 
 
+def test_variants_of_the_default_schedule_are_measured_and_apply(tmp_path):
+    """With trials to spare, the default schedule's variants (register tiles, padding per tile
+    or once) are measured before the search; whichever wins, compile applies it and its
+    weights are re-laid when compiling."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edlc.schedules import schedule_variants
+    from edlc.schedules.analysis import cpu_of
+    from edlc.tune import extract
+
+    model = tiny_conv()
+    _, target, tasks = extract(model)
+    variants = sum(len(schedule_variants(t.dispatched[0]["main"], cpu_of(target))) for t in tasks)
+    assert variants >= 2
+    tune(model, records=tmp_path / "rec", trials=len(tasks) + variants, **QUICK)
+    records = ms.database.JSONDatabase(work_dir=str(tmp_path / "rec")).get_all_tuning_records()
+    assert len(records) > len(tasks)
+    assert len({str(r.trace) for r in records}) == len(records)  # no schedule measured twice
+    module = edlc.compile(model, records=tmp_path / "rec")
+    assert not module.manifest["tuning"]["kernels_without_record"]
+    got, want = module.run(_x()), ort_run(model, _x())
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_policy_measures_heavy_tasks_first_then_where_time_goes():
     from edlc.tune import TaskInfo, _Policy
 

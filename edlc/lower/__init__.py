@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from edlc.errors import EdlcError, LoweringError, UnsupportedOpError, first_line
 from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.ops import op_def
 from edlc.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from edlc.target import Target
 
 # Constants at most this many elements stay inline (shape-like values, scalars, small tables).
 INLINE_CONST_MAX = 64
@@ -88,10 +92,13 @@ def _relax_name(name: str) -> str:
 class LowerContext:
     """State of one lowering: the BlockBuilder, the value -> Relax expression map, params."""
 
-    def __init__(self, graph: Graph, parent: LowerContext | None = None):
+    def __init__(self, graph: Graph, parent: LowerContext | None = None,
+                 target: Target | None = None):
         from tvm import relax
 
         self.graph = graph
+        # the target being built for, where a rule's form depends on it (int8: edlc.lower.quantized)
+        self.target = parent.target if parent is not None else target
         # A sub-function's context (a fused group) reads large constants through extra params
         # bound to the parent's expressions: (param var, parent expr) in order.
         self.parent = parent
@@ -100,6 +107,8 @@ class LowerContext:
         self.bb = relax.BlockBuilder()
         self.env: dict[int, object] = {}
         self._held: list[Value] = []  # constants in env, kept alive: env is keyed by id()
+        # values computed at compile time (see _known_outputs), keyed by id() like env
+        self.known: dict[int, np.ndarray] = {}
         self.sym_dims: dict[str, object] = {}
         self.param_vars: list = []
         self.params: dict[str, np.ndarray] = {}
@@ -181,6 +190,13 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
     rule = lowering_rule(node)
     if rule is None:
         raise UnsupportedOpError([(node.name, node.op, node.domain)])
+    known = _known_outputs(ctx, node)
+    if known is not None:
+        for v, arr in zip(node.outputs, known):
+            if arr is not None:
+                ctx.known[id(v)] = arr
+                ctx.bind(v, ctx.expr(Value(v.name, v.type, arr)))
+        return
     inputs = [ctx.expr(v) for v in node.inputs]
     try:
         result = rule(ctx, node, inputs)
@@ -201,6 +217,57 @@ def _lower_node(ctx: LowerContext, node: Node) -> None:
             raise LoweringError(f"node '{node.name}' ({node.op}): output '{v.name}' is of type "
                                 f"{v.type.dtype}, which edlc cannot lower to TVM yet")
         ctx.bind(v, _conform(ctx, node, v, e))
+
+
+def _is_empty(t: TensorType | None) -> bool:
+    """A static shape with no elements: its value is known without running anything."""
+    return t is not None and t.is_static and 0 in t.shape and t.dtype in LOWERABLE_DTYPES
+
+
+def _known_outputs(ctx: LowerContext, node: Node) -> list[np.ndarray | None] | None:
+    """The outputs of a node computed at compile time, without a kernel, where empty tensors
+    make that possible; None to lower the node as usual.
+
+    TVM's kernels are not written for empty tensors (the CumSum scan writes its first element
+    whatever the axis length, into a buffer of zero bytes), so no kernel runs on one:
+    - a node whose outputs are all empty gets empty constants (nothing to compute);
+    - a node whose inputs are all known (constants, empty tensors: they have no data, or
+      values computed so) is evaluated with the numpy/ONNX reference, e.g. a reduction over an
+      empty axis or a MatMul with an inner dim of 0, and what follows from it. Where the
+      reference fails the node is lowered as usual.
+    Empty constants never reach the built code as constants (see
+    `edlc.lower.pipeline.materialize_empty_constants`)."""
+    from edlc.ir.ops import evaluate
+    from edlc.ir.types import numpy_dtype
+
+    if ctx.parent is not None:  # inside a fused group: the group as a whole was considered
+        return None
+    outputs = [v for v in node.outputs if v is not None and v.name]
+    if not outputs or any(v.type is None or v.type.dtype not in LOWERABLE_DTYPES for v in outputs):
+        return None
+    if all(_is_empty(v.type) for v in outputs):
+        return [np.zeros(v.type.shape, numpy_dtype(v.type.dtype)) if v is not None and v.name else None
+                for v in node.outputs]
+    present = [v for v in node.inputs if v is not None]
+    if node.subgraphs or not any(id(v) in ctx.known or _is_empty(v.type) for v in present if not v.is_constant) \
+            or not all(v.is_constant or id(v) in ctx.known or _is_empty(v.type) for v in present) \
+            or not all(v.type.is_static for v in outputs):
+        return None
+    args = [None if v is None else v.const if v.is_constant else ctx.known[id(v)] if id(v) in ctx.known
+            else np.zeros(v.type.shape, numpy_dtype(v.type.dtype)) for v in node.inputs]
+    try:
+        results = evaluate(node, args, ctx.graph.opset)
+    except Exception:  # noqa: BLE001  no reference, or it rejects empty inputs: lower as usual
+        return None
+    known: list[np.ndarray | None] = []
+    for v, a in zip(node.outputs, list(results) + [None] * len(node.outputs)):
+        if v is None or not v.name:
+            known.append(None)
+            continue
+        if a is None or tuple(np.shape(a)) != v.type.shape:
+            return None
+        known.append(np.require(np.asarray(a).astype(numpy_dtype(v.type.dtype), copy=False), requirements="C"))
+    return known
 
 
 def _conform(ctx: LowerContext, node: Node, v: Value, e):
@@ -239,14 +306,16 @@ def _conform(ctx: LowerContext, node: Node, v: Value, e):
     return e
 
 
-def lower(graph: Graph) -> LoweredModel:
-    """Lower a graph to a Relax IRModule with `main(inputs..., params...)`."""
+def lower(graph: Graph, target: Target | None = None) -> LoweredModel:
+    """Lower a graph to a Relax IRModule with `main(inputs..., params...)`. With a `target`,
+    rules may pick a form its instructions suit (the int8 kernels' operand packing on aarch64
+    with dotprod); without one the lowering is target-neutral."""
     from tvm import relax
 
     unsupported = unsupported_nodes(graph)
     if unsupported:
         raise UnsupportedOpError(unsupported)
-    ctx = LowerContext(graph)
+    ctx = LowerContext(graph, target=target)
     input_vars = [ctx.new_input(v) for v in graph.inputs]
     has_control_flow = any(n.subgraphs and n.domain != "edlc" for n in graph.nodes)
     # Params are only known after the body is built: build it, then make the function.

@@ -125,8 +125,46 @@ def finish(mod, target, params: dict | None = None) -> tuple[object, dict | None
         mod = schedule(mod, target)
         if params is not None:
             mod, params = prepack_weights(mod, params)
+        mod = materialize_empty_constants(mod)
         mod = tvm.transform.Sequential(_default_passes(has_control_flow(mod)))(mod)
     return drop_unused_kernels(mod), params
+
+
+def materialize_empty_constants(mod):
+    """Each constant with no elements becomes a tensor the VM allocates when the binding runs.
+
+    TVM 0.27 writes an empty constant into the executable but cannot read it back unless its
+    first dim is the 0 one ("Invalid DLTensor file format" when the VM or an exported library
+    is loaded: the loader counts a read of zero bytes as a failure). An empty tensor has no
+    data to keep, so an allocation of its shape stands in for it."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def empty(c) -> bool:
+        ty = c.ty
+        return isinstance(ty, relax.TensorType) and ty.shape is not None and \
+            any(isinstance(d, tvm.tirx.IntImm) and int(d) == 0 for d in ty.shape.values)
+
+    found: list = []
+    for f in mod.functions.values():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(
+                f, lambda e: found.append(e) if isinstance(e, tvm.ir.expr.Constant) and empty(e) else None)
+    if not found:
+        return mod
+
+    @mutator
+    class _Allocate(PyExprMutator):
+        def visit_generic_const_(self, op):
+            if not empty(op):
+                return op
+            return self.builder_.emit(relax.op.builtin.alloc_tensor(
+                relax.ShapeExpr(op.ty.shape.values), str(op.ty.dtype), runtime_device_index=0))
+
+    functions = {gv: (_Allocate().visit_expr(f) if isinstance(f, relax.Function) else f)
+                 for gv, f in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 _CALL_TIR = "relax.call_tir"

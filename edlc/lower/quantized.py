@@ -63,10 +63,11 @@ def _plain_acc(sub, node: Node, x, w, kind: str, x_zp: np.ndarray | None, w_zp: 
     return sub.emit(relax.op.matmul(xi, wi, out_dtype="int32"))
 
 
-def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None):
-    """int32 accumulator in the packed form (edlc.lower.int8_packed), or None where it does
-    not apply (grouped convs, weights with a zero point, non-constant weights, symbolic shapes,
-    a per-channel activation zero point)."""
+def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None,
+                depth: int):
+    """int32 accumulator in the packed form (edlc.lower.int8_packed) with `depth` reduction
+    steps per lane, or None where it does not apply (grouped convs, weights with a zero point,
+    non-constant weights, symbolic shapes, a per-channel activation zero point)."""
     from tvm import relax
 
     from edlc.lower import int8_packed as packed
@@ -90,14 +91,21 @@ def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np
     blocks = -(-out // packed.LANES) * packed.LANES
     if kind == "conv":
         strides, pads, dil = conv_geometry(node, 4)
-        acc = sub.emit_te(packed.conv_acc, x, _const_array(packed.pack_conv_weight(w)), zp,
-                          int(w.shape[1]), strides, pads, dil, blocks, primfunc_name_hint="qconv_acc")
+        acc = sub.emit_te(packed.conv_acc, x, _const_array(packed.pack_conv_weight(w, depth)), zp,
+                          int(w.shape[1]), strides, pads, dil, blocks, depth,
+                          primfunc_name_hint="qconv_acc")
     else:
-        acc = sub.emit_te(packed.matmul_acc, x, _const_array(packed.pack_matmul_weight(w)), zp,
-                          int(w.shape[0]), blocks, primfunc_name_hint="qmatmul_acc")
+        acc = sub.emit_te(packed.matmul_acc, x, _const_array(packed.pack_matmul_weight(w, depth)), zp,
+                          int(w.shape[0]), blocks, depth, primfunc_name_hint="qmatmul_acc")
     if blocks != out:
         axis = 1 if kind == "conv" else len(xt.shape) - 1
         acc = sub.emit(relax.op.strided_slice(acc, axes=[axis], begin=[0], end=[out]))
+    if depth == packed.QUAD:
+        zs = packed.quad_zero(xt.dtype, zp)
+        if zs != 0:
+            corr = packed.quad_correction(w, kind, zs)
+            acc = sub.emit(relax.op.subtract(acc, _const_array(_channel(corr, len(xt.shape),
+                                                                        1 if kind == "conv" else -1))))
     return acc
 
 
@@ -105,6 +113,7 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     import tvm
     from tvm import relax
 
+    from edlc.lower.int8_packed import depth_for
     from edlc.passes.quantize.ops import BIAS, W_SCALE, W_ZP, X_SCALE, X_ZP, Y_SCALE, Y_ZP
     from edlc.passes.quantize.params import QRANGE, bias_scale
 
@@ -118,6 +127,7 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     x, w = inputs[0], inputs[3]
     rank = node.outputs[0].type.rank
     axis = 1 if kind == "conv" else -1  # the output channel axis
+    depth = depth_for(ctx.target)  # int16 pairs, or int8 quads where the target has sdot
 
     params = [relax.Var("x", x.ty), relax.Var("w", w.ty)]
     if has_bias:
@@ -125,7 +135,7 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     sub = relax.BlockBuilder()
     with sub.function("f", params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp)
+            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp, depth)
             if acc is None:
                 acc = _plain_acc(sub, node, params[0], params[1], kind, x_zp, w_zp)
             if has_bias:

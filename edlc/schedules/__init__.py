@@ -22,11 +22,19 @@ import tvm
 from tvm import s_tir, tirx
 
 from edlc.schedules import contraction, elementwise, int8, reduction
-from edlc.schedules.analysis import CPU, block_info, cpu_of, root_blocks, unsupported_dtypes
+from edlc.schedules.analysis import (
+    CPU,
+    block_info,
+    cpu_of,
+    has_if_then_else,
+    root_blocks,
+    unsupported_dtypes,
+)
 from edlc.schedules.fastmath import fast_math
 from edlc.schedules.inline import inline_elementwise
 
-__all__ = ["apply_default_schedules", "default_schedule", "prepare_kernels", "schedule_primfunc"]
+__all__ = ["apply_default_schedules", "default_schedule", "prepare_kernels", "schedule_primfunc",
+           "schedule_variants"]
 
 SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
 
@@ -79,9 +87,11 @@ def schedule_primfunc(func: tirx.PrimFunc, cpu: CPU) -> tirx.PrimFunc | None:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
+def default_schedule(func: tirx.PrimFunc, cpu: CPU,
+                     variant: contraction.Variant | None = None) -> s_tir.Schedule | None:
     """The schedule the rules build for `func`, or None if no rule applied. Its trace is a
-    tuning record like any other: tuning measures it first, so tuned never loses to untuned."""
+    tuning record like any other: tuning measures it first, so tuned never loses to untuned.
+    A `variant` fixes choices of the contraction rule (see `schedule_variants`)."""
     if unsupported_dtypes(func):
         return None
     sch = s_tir.Schedule(fast_math(func))
@@ -103,10 +113,11 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
             try:
                 rv = trial.get_sblock(name)
                 c = contraction.match(trial, rv)
-                p = contraction.plan(c, cpu) if c is not None else None
+                v = variant or contraction.Variant()
+                p = contraction.plan(c, cpu, v.tiles) if c is not None else None
                 if p is None:
                     continue
-                contraction.apply(trial, c, p, cpu)
+                contraction.apply(trial, c, p, cpu, v.pad_redundancy)
             except Exception:  # noqa: BLE001  this anchor stays unscheduled
                 continue
         sch, changed = trial, True
@@ -127,6 +138,33 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU) -> s_tir.Schedule | None:
     for name in tensorized:
         int8.tensorize(sch, name, isa)
     return sch if changed else None
+
+
+def schedule_variants(func: tirx.PrimFunc, cpu: CPU) -> list[contraction.Variant]:
+    """The variants of the contraction rule worth measuring for `func` besides its default:
+    other register tiles, and padding per tile or once (where the kernel pads). Tuning builds
+    one candidate of each (edlc.tune), so a kernel's tuned schedule is the fastest of them
+    measured, or a faster one the search found."""
+    if unsupported_dtypes(func):
+        return []
+    sch = s_tir.Schedule(fast_math(func))
+    plans = []
+    for rv in root_blocks(sch):
+        c = contraction.match(sch, rv)
+        p = contraction.plan(c, cpu) if c is not None else None
+        if p is not None:
+            plans.append(p)
+    if not plans:
+        return []
+    out = [contraction.Variant(tiles=t) for t in contraction.tile_options(plans[0], cpu)]
+    if any(has_if_then_else(b.body.value) for b in _stores(sch)):
+        out += [contraction.Variant(pad_redundancy=0.0), contraction.Variant(pad_redundancy=1e30)]
+    return out
+
+
+def _stores(sch: s_tir.Schedule) -> list:
+    blocks = [sch.get(rv) for rv in root_blocks(sch)]
+    return [b for b in blocks if isinstance(b.body, tirx.BufferStore)]
 
 
 def _schedule_int8(sch: s_tir.Schedule, name: str, cpu: CPU) -> s_tir.Schedule | None:

@@ -30,7 +30,7 @@ class CPU:
 
 
 # features the int8 rule (edlc.schedules.int8) chooses its instruction by
-INT8_FEATURES = ("avx2", "avx512bw", "avx512vnni")
+INT8_FEATURES = ("avx2", "avx512bw", "avx512vnni", "dotprod")
 
 
 def cpu_of(target: tvm.target.Target) -> CPU | None:
@@ -57,7 +57,7 @@ def cpu_of(target: tvm.target.Target) -> CPU | None:
     if has("avx2") or has("avx"):
         return CPU(8, 16, cores, features)
     if triple.startswith("aarch64") or has("neon"):
-        return CPU(4, 32, cores)
+        return CPU(4, 32, cores, features)
     return CPU(4, 16, cores)
 
 

@@ -55,6 +55,18 @@ class Plan:
     Xb: int
     pack: tuple | None  # (buffer, dim of j, its other spatial vars) of the factor to repack
     phase: tuple | None = None  # (padded buffer, stride) to store split by x % stride
+    e_j: int = 1  # extents of the j and (candidate) i axes
+    e_i: int = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A choice the rule otherwise makes by heuristic, fixed for tuning (edlc.tune measures
+    each variant of a kernel as one design space): the (T, Xb) register tile, and how often
+    per-tile padding may recompute the padded input before it becomes a kernel-wide pass."""
+
+    tiles: tuple[int, int] | None = None
+    pad_redundancy: float | None = None
 
 
 def _strip_cast(e):
@@ -126,6 +138,22 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30) -> tuple[int
     return best
 
 
+def tile_options(p: Plan, cpu: CPU, limit: int = 4) -> list[tuple[int, int]]:
+    """Register tiles other than the plan's worth measuring: whole vectors over j, a divisor
+    of i's extent over i, and at most as many accumulators as registers leave room for."""
+    options = []
+    for t in (cpu.lanes, 2 * cpu.lanes, 4 * cpu.lanes):
+        if p.e_j % t:
+            continue
+        nv = t // cpu.lanes
+        for xb in divisors_desc(p.e_i, max(1, (cpu.vector_regs - 2) // nv)):
+            if (t, xb) != (p.T, p.Xb) and nv * xb >= 4:
+                options.append((nv * xb, t, xb))
+                break
+    options.sort(reverse=True)
+    return [(t, xb) for _, t, xb in options[:limit]]
+
+
 def _access(factor, var: str) -> str:
     """How a factor reads along `var`: "contiguous" (var, or var + something, in its last dim),
     "pack" (plain var in another dim: worth repacking), or "gather"."""
@@ -161,7 +189,7 @@ def _stride(factor, var: str) -> tuple | None:
     return None
 
 
-def plan(c: Contraction, cpu: CPU) -> Plan | None:
+def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan | None:
     """Choose the vector axis j, the register axis i and their tiles.
 
     j, in order of preference: the output's innermost axis if one factor reads it contiguously
@@ -199,8 +227,9 @@ def plan(c: Contraction, cpu: CPU) -> Plan | None:
     others = private[1 - owner] if owner is not None and private[1 - owner] else \
         [v for v in out if v != j]
     i = others[-1] if others else None
-    tiles = _choose_tiles(ext[j], ext[i] if i else 1, cpu,
-                          math.prod(ext[v.name] for v in info.reduce))
+    e_i = ext[i] if i else 1
+    if tiles is None or ext[j] % tiles[0] or e_i % tiles[1]:
+        tiles = _choose_tiles(ext[j], e_i, cpu, math.prod(ext[v.name] for v in info.reduce))
     if tiles is None:
         return None
     t, xb = tiles
@@ -215,7 +244,7 @@ def plan(c: Contraction, cpu: CPU) -> Plan | None:
         # a weight already j-innermost: its rows are a whole row of the tensor apart, which
         # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1
         pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
-    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)))
+    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i)
 
 
 def _j_innermost(ndim: int, dim: int, t: int):
@@ -300,9 +329,10 @@ def place_epilogue(sch: s_tir.Schedule, rv, tile, consumer) -> object:
 _MAX_PAD_REDUNDANCY = 64
 
 
-def _place_padding(sch: s_tir.Schedule, producer, loop) -> None:
+def _place_padding(sch: s_tir.Schedule, producer, loop, limit: float = _MAX_PAD_REDUNDANCY) -> None:
     """Compute the padding block under `loop` (the tile keeps its padded rows in cache) unless
-    that recomputes the padded input many times over; then it stays a kernel-wide pass."""
+    that recomputes the padded input more than `limit` times over; then it stays a kernel-wide
+    pass."""
     size = math.prod(int(d) for d in sch.get(producer).writes[0].source.shape)
     trial = sch.copy()
     try:
@@ -310,11 +340,12 @@ def _place_padding(sch: s_tir.Schedule, producer, loop) -> None:
     except s_tir.ScheduleError:
         return
     evaluated = math.prod(_extent(trial, lp) for lp in trial.get_loops(producer))
-    if evaluated <= _MAX_PAD_REDUNDANCY * size:
+    if evaluated <= limit * size:
         sch.compute_at(producer, loop)
 
 
-def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU) -> None:
+def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
+          pad_redundancy: float | None = None) -> None:
     """Schedule the contraction in place; raises ScheduleError where a step does not apply
     (the caller works on a copy of the schedule)."""
     rv, info = c.info.rv, c.info
@@ -378,7 +409,8 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU) -> None:
         if (len(sch.get_consumers(producer)) == 1 and isinstance(block.body, tirx.BufferStore)
                 and has_if_then_else(block.body.value) and len(sch.get_loops(producer)) > 0
                 and all(iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars)):
-            _place_padding(sch, producer, rest[-1] if rest else par)
+            _place_padding(sch, producer, rest[-1] if rest else par,
+                           _MAX_PAD_REDUNDANCY if pad_redundancy is None else pad_redundancy)
 
     if p.phase is not None:
         buffer, stride = p.phase

@@ -9,7 +9,12 @@ instruction per (16 or 8 output channels) x (2 reduction steps) block.
 
 The activation operand is one int32 (an int16 pair) broadcast to every lane, the weight block
 T x 2 int8 values sign-extended to int16: exact int32 sums, as the IR reference computes them.
-A block this rule does not recognize (or a target without AVX2) is left to the others.
+
+On aarch64 with the dot-product extension the blocks are 16 x 4 int8 quads (the lowering packs
+them so: `edlc.lower.int8_packed.depth_for`): four `sdot`s, each adding four int8 x int8
+products into each of four int32 lanes, with the activation quad broadcast. Without dotprod
+(cortex-a72, cortex-a53) the pairs stay plain loops, which LLVM vectorizes as it can.
+A block this rule does not recognize (or a target without AVX2 or dotprod) is left to the others.
 """
 
 from __future__ import annotations
@@ -34,15 +39,26 @@ PAIR = 2
 
 @dataclass(frozen=True)
 class Isa:
-    """The instruction a T x 2 block maps onto."""
+    """The instruction a T x depth block maps onto."""
 
-    lanes: int  # int32 lanes (output channels) of one instruction
-    kind: str  # "vnni" (vpdpwssd), "avx512" or "avx2" (vpmaddwd + vpaddd)
+    lanes: int  # int32 lanes (output channels) of one tensorized block
+    kind: str  # "vnni" (vpdpwssd), "avx512" or "avx2" (vpmaddwd + vpaddd), "sdot" (aarch64)
     registers: int
+    depth: int = PAIR  # reduction steps per int32 lane: int16 pairs, or int8 quads for sdot
+
+    @property
+    def operand(self) -> str:
+        """The packed activation's element type."""
+        return "int16" if self.depth == PAIR else "int8"
+
+
+SDOT = Isa(16, "sdot", 32, 4)
 
 
 def isa_of(target_has) -> Isa | None:
     """The instruction for a target, given `target_has(feature) -> bool`."""
+    if target_has("dotprod"):  # aarch64 only: x86 has no feature of that name
+        return SDOT
     if target_has("avx512vnni") and target_has("avx512bw"):
         return Isa(16, "vnni", 32)
     if target_has("avx512bw"):
@@ -54,9 +70,11 @@ def isa_of(target_has) -> Isa | None:
 
 @cache
 def intrinsic(isa: Isa) -> str:
-    """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < 2)."""
+    """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < depth)."""
     from tvm.script import tirx as T
 
+    if isa.kind == "sdot":
+        return _sdot_intrinsic(isa)
     lanes = isa.lanes
     name = f"edlc_i16x2_{isa.kind}_{lanes}"
 
@@ -103,11 +121,52 @@ def intrinsic(isa: Isa) -> str:
     return name
 
 
+def _sdot_intrinsic(isa: Isa) -> str:
+    """C[16] += sum_k A[k] * B[16, k] (k < 4, int8 -> int32) as four `sdot`s (LLVM's
+    llvm.aarch64.neon.sdot), the activation quad A broadcast to the four lanes of each."""
+    from tvm.script import tirx as T
+
+    lanes, depth = isa.lanes, isa.depth
+    name = f"edlc_i8x4_sdot_{lanes}"
+    sdot = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (depth,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, depth):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (depth,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            quad = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                                 dtype="int8x16")
+            for q in T.unroll(lanes // 4):
+                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(sdot), C.vload([q * 4], "int32x4"), quad,
+                    B.vload([q * 4, 0], "int8x16"), dtype="int32x4")
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
 @dataclass
 class PackedPlan:
     j: str  # the output-channel var (weight index `j % 16`)
     i: str | None  # the register-blocked var
-    pair: str  # the reduction var of extent 2
+    pair: str  # the reduction var of extent isa.depth (2 or 4)
     Xb: int
 
 
@@ -121,16 +180,18 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
     if str(info.store.buffer.dtype) != "int32" or len(c.factors) != 2:
         return None
     loads = [_strip_cast(f) for f in c.factors]
-    weight = next((ld for ld in loads if _is_pair_load(ld, "int8")), None)
-    act = next((ld for ld in loads if _is_pair_load(ld, "int16")), None)
+    # the weight is read at [.., o % 16, k]; for quads the activation is int8 too
+    weight = next((ld for ld in loads if _is_pair_load(ld, "int8") and len(ld.indices) >= 2
+                   and isinstance(ld.indices[-2], tirx.FloorMod)), None)
+    act = next((ld for ld in loads if ld is not weight and _is_pair_load(ld, isa.operand)), None)
     if weight is None or act is None:
         return None
     shape = [int(d) for d in weight.source.shape]
-    if shape[-2:] != [16, PAIR] or int(act.source.shape[-1]) != PAIR:
+    if shape[-2:] != [16, isa.depth] or int(act.source.shape[-1]) != isa.depth:
         return None
     ext = {v.name: e for v, e in zip(info.vars, info.extents)}
     last = weight.indices[-1]
-    if not isinstance(last, tirx.Var) or ext.get(last.name) != PAIR or last.name not in \
+    if not isinstance(last, tirx.Var) or ext.get(last.name) != isa.depth or last.name not in \
             {v.name for v in info.reduce}:
         return None
     lane = weight.indices[-2]
@@ -143,7 +204,9 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
     weight_vars = {v.name for v in vars_in(list(weight.indices))}
     others = [v for v in c.out_vars if v != j and v not in weight_vars and ext[v] > 1]
     i = others[-1] if others else None
-    cap = max(1, isa.registers - 4) if isa.lanes == 8 else 14
+    # accumulator rows in registers: one vector per row on x86; four (16 lanes) for sdot,
+    # leaving room for the four weight vectors and the broadcast activation
+    cap = {"avx2": max(1, isa.registers - 4), "sdot": (isa.registers - 6) // 4}.get(isa.kind, 14)
     xb = divisors_desc(ext[i], cap)[0] if i is not None else 1
     return PackedPlan(j, i if xb > 1 else None, last.name, xb)
 
@@ -183,16 +246,17 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU
     below = sch.get_loops(epilogue)
     if below and 1 < _extent(sch, below[-1]) <= 64:
         sch.vectorize(below[-1])
-    _schedule_pack(sch, rv, cpu)
+    _schedule_pack(sch, rv, cpu, isa.operand)
     probe = sch.copy()
     tensorize(probe, info.name, isa)
 
 
-def _schedule_pack(sch: s_tir.Schedule, rv, cpu: CPU) -> None:
-    """The pair-packing copy of the activation: parallel rows, each a plain loop over the
-    row (the default elementwise rule would fuse every loop, paying divisions per element)."""
+def _schedule_pack(sch: s_tir.Schedule, rv, cpu: CPU, dtype: str) -> None:
+    """The pair- (or quad-) packing copy of the activation: parallel rows, each a plain loop
+    over the row (the default elementwise rule would fuse every loop, paying divisions per
+    element)."""
     for producer in sch.get_producers(rv):
-        if str(sch.get(producer).writes[0].source.dtype) != "int16":
+        if str(sch.get(producer).writes[0].source.dtype) != dtype:
             continue
         loops = sch.get_loops(producer)
         if len(loops) < 3:
@@ -213,5 +277,5 @@ def tensorize(sch: s_tir.Schedule, name: str, isa: Isa) -> None:
     sch.tensorize(loops[-2], intrinsic(isa))
 
 
-for _isa in (Isa(16, "vnni", 32), Isa(16, "avx512", 32), Isa(8, "avx2", 16)):
+for _isa in (Isa(16, "vnni", 32), Isa(16, "avx512", 32), Isa(8, "avx2", 16), SDOT):
     intrinsic(_isa)  # registered up front: a tuning record may name any of them

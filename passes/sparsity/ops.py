@@ -1,14 +1,23 @@
 """The sparse matmul ops: `edlc.bsr_matmul` (block sparse) and `edlc.nm_matmul` (N:M).
 
-Both compute `x @ W (+ bias)` for a constant W [K, N] stored compressed, output-major:
+Both compute `x @ W (+ bias)` for a constant W [K, N] stored compressed:
 
-    bsr_matmul(x[..., K], values[NB, J, R, C], indices[NB, J] int32, bias?[N])   attrs: k
-        row block i (outputs i*R .. i*R+R-1) keeps J blocks of R x C weights; block j covers
-        inputs indices[i, j]*C .. +C. Row blocks with fewer blocks are padded with zero
-        blocks (index 0), so every loop bound is static.
-    nm_matmul(x[..., K], values[N, K*n/m], indices[N, K*n/m] int8, bias?[N])   attrs: n, m, k
-        output o keeps n of every m consecutive inputs: values[o, g*n + t] multiplies
-        x[g*m + indices[o, g*n + t]] (one byte of index per kept value).
+    bsr_matmul(x[..., K], values[NB/G, J, G, R, C], indices[NB/G, J, G] uint, bias?[N])
+                                                                            attrs: k
+        row block i = a*G + b (outputs i*R .. i*R+R-1) keeps J blocks of R x C weights,
+        values[a, j, b] covering inputs indices[a, j, b]*C .. +C. Row blocks with fewer blocks
+        are padded with zero blocks (index 0), so every loop bound is static. G row blocks
+        (bsr_group: G*R <= 8) are interleaved block by block: the order a kernel that keeps G
+        row blocks' accumulators reads them in, one sequential stream. The indices are the
+        narrowest unsigned type holding K/C - 1.
+    nm_matmul(x[..., K], values[N/L, K*n/m, L], indices[N/L, K/m, L] uint, bias?[N])
+                                                                            attrs: n, m, k
+        output o = c*L + l keeps n of every m consecutive inputs: values[c, g*n + t, l]
+        multiplies x[g*m + p_t], where p_t is field t (bits t*b .. t*b+b-1, b = index_bits(m))
+        of indices[c, g, l]: the n in-group positions of a group packed in one small word,
+        as the GPU formats keep 2:4 metadata (4 bits per 4 weights). Outputs go in column
+        blocks of L (the largest of 32, 16, 8, 4, 2, 1 dividing N) so a kernel reads one
+        contiguous stream per block and vectorizes over its L columns.
 
 The pattern lives in constants, so the lowering (edlc/lower/sparse.py) generates a kernel
 specialized to it. The ONNX export writes the dense MatMul (+ Add), which any runtime runs.
@@ -28,22 +37,52 @@ from edlc.ir.types import TensorType
 SPARSE_OPS = ("bsr_matmul", "nm_matmul")
 
 
+def bsr_group(row_blocks: int, r: int) -> int:
+    """G, the row blocks the BSR layout interleaves: the most of 8, 4, 2 dividing NB with at
+    most 8 rows in all (the accumulators a kernel keeps), else 1."""
+    return next((g for g in (8, 4, 2) if row_blocks % g == 0 and g * r <= 8), 1)
+
+
+def bsr_index_dtype(k_blocks: int) -> str:
+    """The narrowest type holding a block column index below `k_blocks`."""
+    return "uint8" if k_blocks <= 1 << 8 else "uint16" if k_blocks <= 1 << 16 else "int32"
+
+
 def bsr_to_dense(values: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
     """The [K, N] matrix a BSR weight stands for."""
-    nb, j, r, c = values.shape
+    groups, j, g, r, c = values.shape
+    nb = groups * g
+    v = values.transpose(0, 2, 1, 3, 4).reshape(nb * j, r, c)
+    ix = indices.transpose(0, 2, 1).reshape(-1).astype(np.int64)
     wt = np.zeros((nb, r, k // c, c), values.dtype)
-    rows = np.repeat(np.arange(nb), j)
-    np.add.at(wt, (rows, slice(None), indices.reshape(-1)), values.reshape(nb * j, r, c))
+    np.add.at(wt, (np.repeat(np.arange(nb), j), slice(None), ix), v)
     return wt.reshape(nb * r, k).T.copy()
+
+
+def index_bits(m: int) -> int:
+    """Bits of one in-group position of an N:M pattern."""
+    return max(1, (m - 1).bit_length())
+
+
+def nm_index_dtype(n: int, m: int) -> str | None:
+    """The unsigned type that holds the n packed positions of a group, or None if none does."""
+    bits = n * index_bits(m)
+    return next((f"uint{w}" for w in (8, 16, 32) if bits <= w), None)
+
+
+def nm_positions(indices: np.ndarray, n: int, m: int) -> np.ndarray:
+    """[N/L, K/m, n, L] in-group positions from the packed indices."""
+    b = index_bits(m)
+    shifts = (b * np.arange(n, dtype=np.int64))[None, None, :, None]
+    return (indices[:, :, None, :].astype(np.int64) >> shifts) & ((1 << b) - 1)
 
 
 def nm_to_dense(values: np.ndarray, indices: np.ndarray, n: int, m: int, k: int) -> np.ndarray:
     """The [K, N] matrix an N:M weight stands for."""
-    out_n, kept = values.shape
-    cols = (np.arange(kept) // n * m)[None, :] + indices.astype(np.int64)
-    wt = np.zeros((out_n, k), values.dtype)
-    np.put_along_axis(wt, cols, values, axis=1)
-    return wt.T.copy()
+    blocks, _, lanes = values.shape
+    w = np.zeros((blocks, k // m, m, lanes), values.dtype)
+    np.put_along_axis(w, nm_positions(indices, n, m), values.reshape(blocks, k // m, n, lanes), axis=2)
+    return w.transpose(1, 2, 0, 3).reshape(k, blocks * lanes)
 
 
 def dense_weight(node: Node) -> np.ndarray:
@@ -57,7 +96,7 @@ def dense_weight(node: Node) -> np.ndarray:
 
 def out_features(node: Node) -> int:
     v = node.inputs[1].type.shape
-    return int(v[0] * v[2]) if node.op == "bsr_matmul" else int(v[0])
+    return int(v[0] * v[2] * v[3]) if node.op == "bsr_matmul" else int(v[0] * v[2])
 
 
 def _infer(node: Node) -> list[TensorType]:
@@ -94,8 +133,9 @@ def _decompose(graph: Graph, node: Node) -> list[Value]:
 
 
 register_op("bsr_matmul", "edlc", infer=_infer, reference=_reference, decompose=_decompose,
-            doc="x @ W (+ bias) with W block sparse (BSR, static pattern, zero-padded row blocks)")
+            doc="x @ W (+ bias) with W block sparse (BSR, static pattern, zero-padded, interleaved row blocks)")
 register_op("nm_matmul", "edlc", infer=_infer, reference=_reference, decompose=_decompose,
-            doc="x @ W (+ bias) with W N:M sparse along K (values + in-group positions)")
+            doc="x @ W (+ bias) with W N:M sparse along K (values + packed in-group positions)")
 
-__all__ = ["SPARSE_OPS", "bsr_to_dense", "dense_weight", "nm_to_dense", "out_features"]
+__all__ = ["SPARSE_OPS", "bsr_group", "bsr_index_dtype", "bsr_to_dense", "dense_weight", "index_bits", "nm_index_dtype", "nm_positions",
+           "nm_to_dense", "out_features"]

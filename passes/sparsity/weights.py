@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.ops import op_def
+from edlc.passes.sparsity.ops import bsr_group, bsr_index_dtype, index_bits, nm_index_dtype
 from edlc.passes.sparsity.report import LayerSparsity, SparsityReport
 from edlc.passes.sparsity.spec import SparsitySpec
 
@@ -83,8 +85,9 @@ def block_prune(wt: np.ndarray, block: tuple[int, int], ratio: float) -> np.ndar
 
 
 def pack_bsr(wt: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(values [NB, J, R, C], indices [NB, J] int32) of the nonzero blocks of W^T [N, K], row
-    blocks padded with zero blocks to the longest."""
+    """The `edlc.bsr_matmul` operands (values [NB/G, J, G, R, C], indices [NB/G, J, G]) of the
+    nonzero blocks of W^T [N, K], row blocks padded with zero blocks to the longest and
+    interleaved G at a time."""
     r, c = block
     n, k = wt.shape
     tiles = wt.reshape(n // r, r, k // c, c).transpose(0, 2, 1, 3)  # [NB, KB, R, C]
@@ -92,9 +95,12 @@ def pack_bsr(wt: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, np.nda
     j = max(1, int(nonzero.sum(axis=1).max()))
     order = np.argsort(~nonzero, axis=1, kind="stable")[:, :j]  # nonzero blocks first, in order
     picked = np.take_along_axis(nonzero, order, axis=1)
-    indices = np.where(picked, order, 0).astype(np.int32)
+    indices = np.where(picked, order, 0)
     values = np.take_along_axis(tiles, order[:, :, None, None], axis=1) * picked[:, :, None, None]
-    return np.ascontiguousarray(values.astype(wt.dtype)), indices
+    nb, g = n // r, bsr_group(n // r, r)
+    values = values.astype(wt.dtype).reshape(nb // g, g, j, r, c).transpose(0, 2, 1, 3, 4)
+    indices = indices.reshape(nb // g, g, j).transpose(0, 2, 1).astype(bsr_index_dtype(k // c))
+    return np.ascontiguousarray(values), np.ascontiguousarray(indices)
 
 
 def nm_prune(wt: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +111,30 @@ def nm_prune(wt: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     pos = np.sort(np.argsort(-np.abs(groups), axis=2, kind="stable")[:, :, :n], axis=2)
     values = np.take_along_axis(groups, pos, axis=2)
     return values.reshape(rows, -1).copy(), pos.reshape(rows, -1).astype(np.int8)
+
+
+NM_LANES = (32, 16, 8, 4, 2, 1)  # column block widths, widest first
+
+
+def nm_lanes(out_features: int) -> int:
+    """L, the column block of the N:M format: the widest of NM_LANES dividing N (32 = four
+    AVX2 vectors, two AVX-512 ones, eight NEON ones)."""
+    return next(w for w in NM_LANES if out_features % w == 0)
+
+
+def pack_nm(values: np.ndarray, pos: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `edlc.nm_matmul` operands (values [N/L, K*n/m, L], packed positions [N/L, K/m, L])
+    from nm_prune's per-output rows."""
+    rows, kept = values.shape
+    lanes, dtype = nm_lanes(rows), nm_index_dtype(n, m)
+    if dtype is None:
+        raise ValueError(f"{n}:{m}: the positions of a group do not fit in 32 bits")
+    b = index_bits(m)
+    fields = pos.reshape(rows, kept // n, n).astype(np.uint64) << (b * np.arange(n, dtype=np.uint64))
+    words = np.bitwise_or.reduce(fields, axis=2).astype(dtype)  # [N, K/m]
+    blocked = values.reshape(rows // lanes, lanes, kept).transpose(0, 2, 1)
+    packed = words.reshape(rows // lanes, lanes, kept // n).transpose(0, 2, 1)
+    return np.ascontiguousarray(blocked), np.ascontiguousarray(packed)
 
 
 def is_nm(wt: np.ndarray, n: int, m: int) -> bool:
@@ -164,8 +194,10 @@ def _sparsify_layer(graph: Graph, lin: _Linear, spec: SparsitySpec) -> tuple[Nod
     if spec.kind == "nm":
         if k % spec.m:
             return f"K={k} is not a multiple of {spec.m}"
-        values, pos = nm_prune(wt, spec.n, spec.m)
-        node = _swap(graph, lin, "nm_matmul", values, pos, {"n": spec.n, "m": spec.m})
+        if nm_index_dtype(spec.n, spec.m) is None:
+            return f"the {spec.n} positions of a group of {spec.m} do not fit in 32 bits"
+        values, indices = pack_nm(*nm_prune(wt, spec.n, spec.m), spec.n, spec.m)
+        node = _swap(graph, lin, "nm_matmul", values, indices, {"n": spec.n, "m": spec.m})
         return node, 1.0 - spec.n / spec.m
     r, c = spec.block
     if n % r or k % c:
@@ -177,9 +209,12 @@ def _sparsify_layer(graph: Graph, lin: _Linear, spec: SparsitySpec) -> tuple[Nod
 
 
 def prune_weights(graph: Graph, spec: SparsitySpec, *, layers: dict[str, SparsitySpec] | None = None,
-                  exclude: tuple[str, ...] = (), min_weights: int = MIN_WEIGHTS) -> tuple[Graph, SparsityReport]:
+                  exclude: tuple[str, ...] = (), min_weights: int = MIN_WEIGHTS,
+                  calibration: Any = None) -> tuple[Graph, SparsityReport]:
     """Block- or N:M-prune every MatMul/Gemm by a constant matrix (per-layer specs in
-    `layers`, by node name) and give it the matching sparse kernel. Returns a copy."""
+    `layers`, by node name) and give it the matching sparse kernel. Returns a copy. With
+    `calibration` (input dicts or an .npz path) the kept weights are refit by least squares to
+    the dense layers' outputs on them (`reconstruct.refit_sparse`): no labels, no training."""
     g = graph.copy()
     report = SparsityReport(str(spec))
     for node in list(g.nodes):
@@ -197,6 +232,14 @@ def prune_weights(graph: Graph, spec: SparsitySpec, *, layers: dict[str, Sparsit
         new, sparsity = done
         kept = int(new.inputs[1].const.size)
         report.layers.append(LayerSparsity(name, new.qualified_op, s.kind, sparsity, size, kept, str(s)))
+    if calibration is not None and any(r.kind != "dense" for r in report.layers):
+        from edlc.passes.quantize.calibrate import load_calibration
+        from edlc.passes.sparsity.reconstruct import refit_sparse
+
+        refit = refit_sparse(graph, g, load_calibration(calibration, graph))
+        for r in report.layers:
+            if r.name in refit:
+                r.detail += "; refit on calibration data: output error {:.1%} -> {:.1%}".format(*refit[r.name])
     _sizes(graph, g, report)
     return g, report
 
@@ -253,5 +296,5 @@ def _sizes(before: Graph, after: Graph, report: SparsityReport) -> None:
     report.flops_after = int(report.flops_before - saved)
 
 
-__all__ = ["block_prune", "densify", "detect_sparsity", "is_nm", "linear_of", "nm_prune",
-           "pack_bsr", "prune_weights", "zero_block_fraction"]
+__all__ = ["block_prune", "densify", "detect_sparsity", "is_nm", "linear_of", "nm_lanes", "nm_prune",
+           "pack_bsr", "pack_nm", "prune_weights", "zero_block_fraction"]

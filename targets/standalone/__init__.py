@@ -9,7 +9,8 @@ schedules, single-threaded (there is no thread pool without the TVM runtime).
 On a board: `cd dir-with-inputs && /path/to/run-model` reads input<i>.bin (each input's raw
 little-endian bytes, in the model's input order), runs one inference, writes output<i>.bin and
 prints `edlc: rc=0 stack=<bytes>`. Here, `Module.run` runs it under qemu-aarch64 (static: no
-sysroot needed), and `run_firmware(inputs, count=True)` also counts its instructions.
+sysroot needed; QEMU's model of the --mcpu, as for the bundle: edlc.targets.arm.qemu_cpu), and
+`run_firmware(inputs, count=True)` also counts its instructions (instructions, not time).
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ class QemuAarch64StaticRunner:
         program = Path(directory) / PROGRAM
         if not program.is_file():
             raise TargetError(f"{directory}: no {PROGRAM}; compile the model again")
-        return run_program([qemu, str(program.resolve())], program, manifest, inputs, count, QEMU)
+        from edlc.targets.arm import qemu_cpu
+
+        cpu = qemu_cpu(manifest["target"]["tvm"])
+        cmd = [qemu, "-cpu", cpu, str(program.resolve())]
+        return run_program(cmd, program, manifest, inputs, count, f"{QEMU} -cpu {cpu}")
 
 
 register_runner(RUNNER, QemuAarch64StaticRunner)

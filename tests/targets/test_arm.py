@@ -40,12 +40,29 @@ def test_arm_target_and_its_options():
     assert t.tvm["mcpu"] == "neoverse-n1"
     assert t.tvm["mattr"] == ["+neon", "+dotprod", "+i8mm", "+fp16"]
     assert t.features == {"neon": True, "dotprod": True, "i8mm": True, "fp16": True}
+    # the CPU's own features count without --mattr (cortex-a76 has dotprod, cortex-a72 not)
+    assert get_target("arm", mcpu="cortex-a76").features["dotprod"]
+    assert not get_target("arm").features["dotprod"]
+    assert get_target("arm", mattr="+dotprod").features["dotprod"]
     for mcpu in ("cortex-a53", "cortex-a76"):
         assert get_target("arm", mcpu=mcpu).tvm["mcpu"] == mcpu
     with pytest.raises(TargetError, match="cortex-a9"):
         get_target("arm", mcpu="cortex-a9")
     with pytest.raises(TargetError, match="sve"):
         get_target("arm", mattr="+sve")
+
+
+def test_qemu_emulates_the_boards_cpu_unless_mattr_asks_for_more():
+    from edlc.targets.arm import qemu_cpu
+
+    def cpu(mcpu, mattr=""):
+        return qemu_cpu(get_target("arm", mcpu=mcpu, mattr=mattr).tvm)
+
+    assert cpu("cortex-a72") == "cortex-a72" and cpu("cortex-a53") == "cortex-a53"
+    assert cpu("cortex-a76", "+dotprod,+fp16") == "cortex-a76"
+    assert cpu("cortex-a72", "+dotprod") == "max"  # no such board: QEMU's richest CPU
+    assert cpu("neoverse-n1", "+i8mm") == "max"
+    assert qemu_cpu({"mcpu": "cortex-x9", "mattr": ["+neon"]}) == "max"
 
 
 def test_conv_relu_runs_under_qemu_and_exports_a_board_bundle(tmp_path, rng):
@@ -204,3 +221,149 @@ def test_int8_cnn_under_qemu_matches_the_int8_reference(rng):
     got = arm.run(x)["logits"]
     step = float(np.abs(want).max()) / 127
     np.testing.assert_allclose(got, want, rtol=0, atol=step)
+
+
+def _disassembly(path) -> str:
+    proc = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True,
+                          text=True, check=True)
+    return proc.stdout
+
+
+def _dot_instructions(path) -> int:
+    """How many sdot/udot instructions (the dot-product extension's) the code holds."""
+    return sum(1 for ln in _disassembly(path).splitlines()
+               if ln.split("\t")[2:3] and ln.split("\t")[2].strip() in ("sdot", "udot"))
+
+
+# output channels not a multiple of 16, input channels not of 4 (zero-padded quads), padding
+# at the zero point, strides, a batched matmul; uint8 and int8 activations
+INT8_OPS = [
+    ("qconv2d", (1, 13, 9, 9), (20, 13, 3, 3), {"pads": [1, 1, 1, 1], "clip_min": 0.0}, "uint8"),
+    ("qconv2d", (1, 16, 10, 10), (24, 16, 1, 1), {"strides": [2, 2]}, "int8"),
+    ("qmatmul", (2, 3, 37), (37, 20), {}, "uint8"),
+]
+
+
+@pytest.mark.parametrize("op,x_shape,w_shape,attrs,act", INT8_OPS, ids=["conv3x3-u8", "conv1x1s2-s8", "matmul-u8"])
+def test_int8_kernels_use_sdot_with_dotprod_and_stay_exact(tmp_path, rng, op, x_shape, w_shape, attrs, act):
+    """With +dotprod the int8 accumulators are sdot instructions (int8 quads; uint8 activations
+    shifted by 128 and corrected by a per-channel constant): bit-exact under qemu-aarch64 with
+    the int8 graph's reference."""
+    from edlc.ir.interpreter import run_graph
+    from tests.passes.quantize.helpers import int8_input, int8_op_graph
+
+    g = int8_op_graph(rng, op, x_shape, w_shape, attrs=attrs, act=act)
+    x = {"x": int8_input(rng, x_shape, act)}
+    m = edlc.compile(g, target="arm", passes=[], target_options={"mattr": "+dotprod"})
+    out = m.export(tmp_path / "art")
+    assert _dot_instructions(out / "model.so") >= 4  # one 16-channel block is four sdots
+    np.testing.assert_array_equal(m.run(x)[g.outputs[0].name], run_graph(g, x)[0])
+
+
+def test_int8_without_dotprod_has_no_sdot_and_runs_on_a_cortex_a72(tmp_path, rng):
+    """Without dotprod the int8 kernels keep the int16-pair form, exact, and run on QEMU's
+    cortex-a72 (which has no sdot: the same library built with +dotprod dies there)."""
+    from edlc.ir.interpreter import run_graph
+    from tests.passes.quantize.helpers import int8_input, int8_op_graph
+
+    op, x_shape, w_shape, attrs, act = INT8_OPS[0]
+    g = int8_op_graph(rng, op, x_shape, w_shape, attrs=attrs, act=act)
+    x = {"x": int8_input(rng, x_shape, act)}
+    want = run_graph(g, x)[0]
+    plain = edlc.compile(g, target="arm", passes=[]).export(tmp_path / "a72")
+    assert _dot_instructions(plain / "model.so") == 0
+    np.testing.assert_array_equal(edlc.load(plain).run(x)[g.outputs[0].name], want)
+    dot = edlc.compile(g, target="arm", passes=[], target_options={"mattr": "+dotprod"})
+    out = dot.export(tmp_path / "dot")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["target"]["tvm"]["mattr"] = ["+neon"]  # as if the board were the plain cortex-a72
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TargetError, match="SIGILL"):
+        edlc.load(out).run(x)
+
+
+@pytest.mark.parametrize("mcpu,dot", [("cortex-a76", True), ("cortex-a72", False)])
+def test_int8_cnn_matches_onnxruntime_with_and_without_dotprod(tmp_path, rng, mcpu, dot):
+    """The quantized CNN against onnxruntime running the QDQ model `edlc quantize` writes
+    (unfused: its exact form), within one output quantization step; cortex-a76 has dotprod
+    without --mattr, and its library uses it."""
+    from edlc.passes.quantize import quantize
+    from edlc.passes.quantize.ops import W_SCALE, X_SCALE
+    from tests.passes.quantize.helpers import ort_exact, samples_for, small_cnn
+
+    model = small_cnn(rng)
+    calibration = samples_for(rng, (1, 1, 16, 16))
+    x = samples_for(rng, (1, 1, 16, 16), 1)[0]
+    m = edlc.compile(model, target="arm", target_options={"mcpu": mcpu}, quantize="int8",
+                     calibration=calibration)
+    assert m.manifest["target"]["features"]["dotprod"] is dot
+    g8, _ = quantize(edlc.load_onnx(model), calibration)
+    want = ort_exact(g8.to_onnx(), x)["logits"]
+    got = m.run(x)["logits"]
+    fc = g8.outputs[0].producer  # the float-output qmatmul: one step is x_scale * w_scale
+    step = float(fc.inputs[X_SCALE].const) * float(np.max(fc.inputs[W_SCALE].const))
+    np.testing.assert_allclose(got, want, rtol=0, atol=step)
+    assert (_dot_instructions(m.export(tmp_path / "art") / "model.so") > 0) is dot
+
+
+def test_tune_cross_builds_aarch64_candidates(tmp_path):
+    """`edlc tune --target arm` links each candidate with aarch64-linux-gnu-gcc into a shared
+    object the board's RPC server loads (no compiler needed there)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edlc.tune import candidate_builder, extract
+
+    _, tvm_target, tasks = extract(parse(CONV), "arm")
+    assert tasks and str(tvm_target.attrs["mtriple"]) == "aarch64-linux-gnu"
+    (result,) = candidate_builder("aarch64-linux-gnu-gcc").build(
+        [ms.builder.BuilderInput(tasks[0].dispatched[0], tvm_target)])
+    assert result.error_msg is None, result.error_msg
+    artifact = tmp_path / "candidate.so"
+    shutil.move(result.artifact_path, artifact)
+    assert _is_aarch64_elf(artifact)
+    assert int.from_bytes(artifact.read_bytes()[16:18], "little") == 3  # ET_DYN: a shared object
+
+
+def test_tune_arm_is_measured_on_the_board_and_says_so(tmp_path, capsys):
+    """Tuning arm needs the board (an RPC tracker): not QEMU, whose timings are not the board's.
+    An unreachable tracker, or one without a server under the key, is a one-line error in
+    seconds, before any task is extracted."""
+    import socket
+    import sys
+    import time
+
+    onnx.save(parse(CONV), tmp_path / "m.onnx")
+    tune = ["tune", str(tmp_path / "m.onnx"), "--target", "arm", "--trials", "2",
+            "--records", str(tmp_path / "rec")]
+
+    def error(*extra) -> str:
+        assert main(tune + list(extra)) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edlc: error:")]
+        assert len(lines) == 1
+        return lines[0]
+
+    assert "--rpc-tracker HOST:PORT --rpc-key KEY" in error()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    assert f"cannot reach the RPC tracker at 127.0.0.1:{port}" in error(
+        "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4")
+    assert time.monotonic() - start < 30
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the tracker did not start"
+            time.sleep(0.2)
+        message = error("--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4")
+        assert "no RPC server has registered" in message and "'rpi4'" in message
+    finally:
+        tracker.kill()
+        tracker.wait()
+    assert not (tmp_path / "rec").exists()

@@ -109,3 +109,39 @@ def test_zoo_model_static_program_matches_onnxruntime(name):
     print(f"{name}: run-model {program['file']:,} B (code+rodata {program['code']:,}, weights "
           f"{m.memory['flash']['weights']:,}, kernels {m.memory['flash']['kernels']:,}), "
           f"arena {m.memory['arena']['size']:,} B")
+
+
+def test_int8_program_with_dotprod_uses_sdot_and_runs_fewer_instructions(tmp_path, rng):
+    """The quantized CNN as a static program: with cortex-a76's dotprod the kernels hold sdot
+    and one inference executes under half the instructions of the cortex-a72 build (QEMU's
+    deterministic count; each runs on QEMU's model of its CPU); both match onnxruntime running
+    the QDQ model within one output quantization step."""
+    from edlc.passes.quantize import quantize
+    from edlc.passes.quantize.ops import W_SCALE, X_SCALE
+    from tests.passes.quantize.helpers import ort_exact, samples_for, small_cnn
+
+    model = small_cnn(rng)
+    calibration = samples_for(rng, (1, 1, 16, 16))
+    x = samples_for(rng, (1, 1, 16, 16), 1)[0]
+    g8, _ = quantize(edlc.load_onnx(model), calibration)
+    want = ort_exact(g8.to_onnx(), x)["logits"]
+    fc = g8.outputs[0].producer
+    step = float(fc.inputs[X_SCALE].const) * float(np.max(fc.inputs[W_SCALE].const))
+    counts, dots = {}, {}
+    for mcpu in ("cortex-a76", "cortex-a72"):
+        m = edlc.compile(model, target="arm", aot=True, target_options={"mcpu": mcpu},
+                         quantize="int8", calibration=calibration)
+        run = m.run_firmware(x, count=True)
+        np.testing.assert_allclose(run.outputs["logits"], want, rtol=0, atol=step, err_msg=mcpu)
+        counts[mcpu] = run.instructions
+        (kernels,) = (m.export(tmp_path / mcpu) / "lib").glob("*_kernels.o")
+        dots[mcpu] = _count_sdot(kernels)
+    assert dots["cortex-a76"] > 0 and dots["cortex-a72"] == 0
+    assert counts["cortex-a76"] < 0.5 * counts["cortex-a72"], counts
+    print(f"small CNN int8, instructions per inference: {counts}")
+
+
+def _count_sdot(path) -> int:
+    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    return sum(1 for ln in asm.splitlines() if ln.split("\t")[2:3] and ln.split("\t")[2].strip() == "sdot")
