@@ -112,7 +112,8 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30) -> tuple[int
         # no register axis (a matrix-vector product): the accumulators are one wide j-tile. A
         # narrow tile also walks the weight down a column, one page per row (1x768 @ 768x3072:
         # 3.7 ms with 16 lanes, 0.6 ms with 64, on AVX2)
-        wide = [t for t in (8 * lanes, 4 * lanes) if e_j % t == 0 and t // lanes <= regs // 2]
+        wide = [t for t in (n * lanes for n in range(8, 3, -1))
+                if e_j % t == 0 and t // lanes <= regs // 2]
         if wide:
             return wide[0], 1
     tiles = [t for t in (2 * lanes, lanes) if e_j % t == 0]

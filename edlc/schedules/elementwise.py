@@ -100,7 +100,9 @@ def apply(sch: s_tir.Schedule, info: BlockInfo, cpu: CPU) -> bool:
             if vector is not None:
                 break
     outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    if cpu.cores > 1 and total >= PARALLEL_MIN_ELEMENTS:
+    # a padding copy (a condition per element, scalar) pays for threads at a quarter the size
+    minimum = PARALLEL_MIN_ELEMENTS // 4 if has_if_then_else(info.store.value) else PARALLEL_MIN_ELEMENTS
+    if cpu.cores > 1 and total >= minimum:
         sch.parallel(outer)
     if vector is not None:
         sch.vectorize(vector)
