@@ -207,7 +207,7 @@ def compile(
         from edlc.passes.sparsity import sparsify
 
         options = dict(sparsity_options or {})
-        if calibration is not None and spec.kind == "channel":  # refit the layers pruning cut into
+        if calibration is not None:  # refit the kept weights of the layers pruning cut into
             options.setdefault("calibration", calibration)
         graph, sparsity_report = sparsify(graph, spec, **options)
     quant_report = None
@@ -276,9 +276,9 @@ def _check_calibration(quantize: str | None, calibration: Any, sparsity_kind: st
     if quantize == "int8" and calibration is None:
         raise InputError("quantize='int8' needs calibration data: an .npz file (--calib) or an "
                          "iterable of input dicts (calibration=...)")
-    if quantize is None and calibration is not None and sparsity_kind != "channel":
-        raise InputError("calibration data is only used with quantize='int8' or channel pruning "
-                         "(sparsity='channel:R')")
+    if quantize is None and calibration is not None and sparsity_kind is None:
+        raise InputError("calibration data is only used with quantize='int8' or sparsity=... "
+                         "(it refits the weights pruning keeps)")
 
 
 def _binding_hint(graph: Graph) -> str:

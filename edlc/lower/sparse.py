@@ -3,8 +3,9 @@ their pattern.
 
 The weights are constants, so the pattern is known here: every loop bound is static (J blocks
 per row block, K*n/m kept values per output) and the packed values and indices are the
-kernel's operands. TVM's default CPU schedule is a naive loop nest, so each kernel comes
-scheduled (marked "tirx.is_scheduled"), with the register blocking edlc's dense schedule uses
+kernel's operands, stored in the order the kernels read them (edlc/passes/sparsity/ops.py).
+TVM's default CPU schedule is a naive loop nest, so each kernel comes scheduled (marked
+"tirx.is_scheduled"), with the register blocking edlc's dense schedule uses
 (edlc/schedules/contraction.py): a few vector accumulators, each reused across the reduction.
 
 - N:M with m = 4 on AVX (`nm_permute_kernel`): vectorized over 8 output columns. Per group of
@@ -13,14 +14,22 @@ scheduled (marked "tirx.is_scheduled"), with the register blocking edlc's dense 
   field of its index byte is the permute control, shifted into place): one permute and one FMA
   per 8 kept weights, the values and 4 bits per group of metadata read as one stream per
   column block. A gather would cost 8 loads; a column permutation cannot help, since 2:4
-  magnitude pruning gives each column its own pattern.
-- N:M elsewhere (`nm_kernel`): the same loop nest with the inputs gathered per lane.
-- 1xC blocks, C = 4 or a multiple of 8 (`bsr_row_kernel`): one output's blocks fill a vector
-  (two 1x4 blocks per 8 lanes, their x slices joined), 8 outputs' accumulators interleaved,
-  each summed across lanes at the end.
-- Other blocks (`bsr_kernel`): row blocks in parallel, the block's rows vectorized.
+  magnitude pruning gives each column its own pattern. One row reads 5 MB where a dense
+  768x3072 layer reads 9.4: memory bound, it runs about 2x faster. With many rows the dense
+  kernel is compute bound at one FMA per 8 products and this one needs a permute as well, so
+  2:4 buys no speed there on AVX2 (the kernel vectorized over rows, below, does no better).
+- N:M elsewhere: `nm_batched_kernel` when x has a multiple of 8 rows, else `nm_kernel` (the
+  column loop nest with the inputs gathered per lane).
+- Rows of x in multiples of 8 (`bsr_batched_kernel`, `nm_batched_kernel`): x packed as
+  [M/8, K, 8] (one transpose), vectorized over 8 rows: every kept weight is a broadcast scalar
+  times a contiguous vector, the vector an R-row block loads serving its R rows.
+- 1xC blocks, C = 4 or a multiple of 8, fewer rows (`bsr_row_kernel`): one output's blocks fill a
+  vector (two 1x4 blocks per 8 lanes, values and x slices joined), the G outputs of a group
+  interleaved, each summed across lanes at the end.
+- Other blocks (`bsr_kernel`): a task per group of row blocks, the block rows vectorized.
 
-Symbolic batch dims fall back to the dense matmul of the same weights.
+Parallel loops only where a thread pool runs them (not in microcontroller firmware). Symbolic
+batch dims fall back to the dense matmul of the same weights.
 """
 
 from __future__ import annotations
@@ -325,33 +334,29 @@ def nm_permute_kernel(m: int, k: int, blocks: int, lanes: int, n: int, parallel:
         with T.sblock("root"):
             acc = T.sblock_alloc_buffer((mr * vecs * LANES,), "float32", scope="local")
             for task in loop(blocks * row_blocks):
-              with T.sblock("nm_permute"):
-                for sub in T.serial(subs):
-                    for a in T.unroll(mr * vecs):
-                        acc[T.ramp(a * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
-                    for g in T.serial(groups):
-                        for vi in T.unroll(vecs):
-                            for t in T.unroll(n):
-                                for r in T.unroll(mr):
-                                    acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)] = \
-                                        acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)] + values[
-                                            task // row_blocks, g * n + t,
-                                            T.ramp(sub * width + vi * LANES, 1, LANES)] * \
-                                        T.call_llvm_pure_intrin(
-                                            permute,
-                                            T.Shuffle([x[task % row_blocks * mr + r, T.ramp(g * 4, 1, 4)],
-                                                       x[task % row_blocks * mr + r, T.ramp(g * 4, 1, 4)]],
-                                                      [0, 1, 2, 3, 4, 5, 6, 7]),
-                                            T.shift_right(T.Cast("int32x8", indices[
-                                                task // row_blocks, g,
-                                                T.ramp(sub * width + vi * LANES, 1, LANES)]),
-                                                T.broadcast(2 * t, LANES)),
-                                            dtype="float32x8")
-                    for r in T.unroll(mr):
-                        for vi in T.unroll(vecs):
-                            y[task % row_blocks * mr + r,
-                              T.ramp(task // row_blocks * lanes + sub * width + vi * LANES, 1, LANES)] = \
-                                acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)]
+                with T.sblock("nm_permute"):
+                    for sub in T.serial(subs):
+                        for a in T.unroll(mr * vecs):
+                            acc[T.ramp(a * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
+                        for g in T.serial(groups):
+                            for vi in T.unroll(vecs):
+                                for t in T.unroll(n):
+                                    for r in T.unroll(mr):
+                                        acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)] = \
+                                            acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)] + values[
+                                                task // row_blocks, g * n + t, T.ramp(sub * width + vi * LANES, 1, LANES)] * \
+                                            T.call_llvm_pure_intrin(
+                                                permute,
+                                                T.Shuffle([x[task % row_blocks * mr + r, T.ramp(g * 4, 1, 4)],
+                                                           x[task % row_blocks * mr + r, T.ramp(g * 4, 1, 4)]], list(range(LANES))),
+                                                T.shift_right(T.Cast("int32x8", indices[
+                                                    task // row_blocks, g, T.ramp(sub * width + vi * LANES, 1, LANES)]),
+                                                    T.broadcast(2 * t, LANES)),
+                                                dtype="float32x8")
+                        for r in T.unroll(mr):
+                            for vi in T.unroll(vecs):
+                                y[task % row_blocks * mr + r, T.ramp(task // row_blocks * lanes + sub * width + vi * LANES, 1, LANES)] = \
+                                    acc[T.ramp((r * vecs + vi) * LANES, 1, LANES)]
 
     return _scheduled(nm_permute)
 
