@@ -45,6 +45,7 @@ class Contraction:
     out_vars: list[str]  # iter var names indexing the output, outermost first
     factors: list  # the two multiplied expressions
     intermediates: set  # names of the buffers the PrimFunc allocates
+    weights: set = frozenset()  # names of its layout-free parameters (weights, re-laid for free)
 
 
 @dataclass
@@ -94,8 +95,11 @@ def match(sch: s_tir.Schedule, rv) -> Contraction | None:
                 and all(a.same_as(b) for a, b in zip(acc.indices, store.indices))):
             prod = _strip_cast(prod)
             if isinstance(prod, tirx.Mul):
-                allocs = sch.mod["main"].body.block.alloc_buffers
-                return Contraction(info, out_vars, [prod.a, prod.b], {b.name for b in allocs})
+                func = sch.mod["main"]
+                allocs = func.body.block.alloc_buffers
+                weights = {p.name for p in func.params if is_layout_free(func, p)}
+                return Contraction(info, out_vars, [prod.a, prod.b], {b.name for b in allocs},
+                                   weights)
     return None
 
 
@@ -241,9 +245,11 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
                    and ix.name == j)
         pack = (load.source, dim, sorted(uses[owner] - {j}))
     elif (owner is not None and private[owner] == [j] and isinstance(load, Load)
-          and isinstance(load.indices[-1], tirx.Var) and i is not None and ext[i] >= 4 * xb):
+          and isinstance(load.indices[-1], tirx.Var) and i is not None
+          and (ext[i] >= 4 * xb or load.source.name in c.weights)):
         # a weight already j-innermost: its rows are a whole row of the tensor apart, which
-        # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1
+        # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1 (made
+        # once when compiling for a weight, else worth it where the i axis reuses it enough)
         pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
     return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i)
 
