@@ -229,7 +229,7 @@ def prepack_weights(mod, params: dict) -> tuple[object, dict]:
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    mod = _split_layout_rewrites(mod)
     main_gv = mod.get_global_var("main")
     main = mod[main_gv]
     n_in = int(main.attrs["num_input"])
@@ -287,6 +287,33 @@ def prepack_weights(mod, params: dict) -> tuple[object, dict]:
     out_params = {name: value for _, name, value in kept}
     out_params.update(new_params)
     return _drop_suffix(drop_unused_kernels(tvm_module(functions, mod)), "_prepacked"), out_params
+
+
+def _has_layout_rewrite(func) -> bool:
+    import tvm_ffi
+    from tvm import s_tir
+
+    from edlc.schedules.contraction import LAYOUT_REWRITE_PREPROC
+
+    blocks: list = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, blocks.append), order="post")
+    return any(LAYOUT_REWRITE_PREPROC in b.annotations for b in blocks)
+
+
+def _split_layout_rewrites(mod):
+    """TVM's SplitLayoutRewritePreproc, shown only the kernels that have a re-layout: it
+    checks every PrimFunc for a root block of nested blocks and aborts on those that have none
+    (TVM's ScatterElements and MaxUnpool kernels, written without blocks)."""
+    from tvm import relax, tirx
+
+    split = {gv for gv, f in mod.functions.items()
+             if isinstance(f, tirx.PrimFunc) and _has_layout_rewrite(f)}
+    if not split:
+        return mod
+    others = {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and gv not in split}
+    shown = relax.transform.SplitLayoutRewritePreproc()(
+        tvm_module({gv: f for gv, f in mod.functions.items() if gv not in others}, mod))
+    return tvm_module({**dict(shown.functions.items()), **others}, mod)
 
 
 def _drop_suffix(mod, suffix: str):
