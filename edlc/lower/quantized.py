@@ -13,7 +13,7 @@ import numpy as np
 
 from edlc.errors import LoweringError
 from edlc.ir.graph import Node
-from edlc.lower import LowerContext, register_lowering
+from edlc.lower import LowerContext, _lower_node, register_lowering
 from edlc.lower.fused import retarget_call_tir
 
 
@@ -57,21 +57,27 @@ def _plain_acc(sub, node: Node, x, w, kind: str, x_zp: np.ndarray | None, w_zp: 
         rank, axis = (4, 0) if kind == "conv" else (2, 1)
         wi = sub.emit(relax.op.subtract(wi, _const_array(_channel(w_zp.astype(np.int16), rank, axis))))
     if kind == "conv":
+        from edlc.passes.quantize.ops import NCHW_TO_NHWC, NHWC_TO_NCHW, layouts
+
+        in_layout, out_layout = layouts(node)
+        if in_layout == "NHWC":
+            xi = sub.emit(relax.op.permute_dims(xi, list(NHWC_TO_NCHW)))
         strides, pads, dil = conv_geometry(node, 4)
-        return sub.emit(relax.op.nn.conv2d(xi, wi, strides, pads, dil, int(node.attrs.get("group", 1)),
-                                           out_dtype="int32"))
+        acc = sub.emit(relax.op.nn.conv2d(xi, wi, strides, pads, dil, int(node.attrs.get("group", 1)),
+                                          out_dtype="int32"))
+        return sub.emit(relax.op.permute_dims(acc, list(NCHW_TO_NHWC))) if out_layout == "NHWC" else acc
     return sub.emit(relax.op.matmul(xi, wi, out_dtype="int32"))
 
 
 def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None,
-                depth: int):
+                target):
     """int32 accumulator in the packed form (edlc.lower.int8_packed) with `depth` reduction
     steps per lane, or None where it does not apply (grouped convs, weights with a zero point,
     non-constant weights, symbolic shapes, a per-channel activation zero point)."""
     from tvm import relax
 
     from edlc.lower import int8_packed as packed
-    from edlc.passes.quantize.ops import W, conv_geometry
+    from edlc.passes.quantize.ops import W, conv_geometry, layouts
 
     wv, xt = node.inputs[W], node.inputs[0].type
     if not wv.is_constant or xt.shape is None or any(isinstance(d, str) for d in xt.shape):
@@ -85,27 +91,32 @@ def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np
     zp = int(x_zp.reshape(())) if x_zp is not None else 0
     if kind == "matmul" and len(xt.shape) < 2:
         return None
+    strides, pads, dil = conv_geometry(node, 4) if kind == "conv" else (None, None, (1, 1))
+    in_layout, out_layout = layouts(node) if kind == "conv" else ("NCHW", "NCHW")
+    depth, operand, along = packed.form_for(target, w, dil, in_layout)
     # whole blocks of output channels: the kernel's last block is computed in full (its weights
     # are zeros past the end) and the epilogue reads the real channels only
     out = int(w.shape[0] if kind == "conv" else w.shape[1])
     blocks = -(-out // packed.LANES) * packed.LANES
-    if kind == "conv":
-        strides, pads, dil = conv_geometry(node, 4)
+    if kind == "conv" and along == "kw":
+        acc = sub.emit_te(packed.conv_acc_kw, x, _const_array(packed.pack_conv_weight_kw(w)), zp,
+                          int(w.shape[3]), strides, pads, dil, blocks, operand, out_layout,
+                          primfunc_name_hint="qconv_acc")
+    elif kind == "conv":
         acc = sub.emit_te(packed.conv_acc, x, _const_array(packed.pack_conv_weight(w, depth)), zp,
-                          int(w.shape[1]), strides, pads, dil, blocks, depth,
+                          int(w.shape[1]), strides, pads, dil, blocks, depth, operand, in_layout, out_layout,
                           primfunc_name_hint="qconv_acc")
     else:
         acc = sub.emit_te(packed.matmul_acc, x, _const_array(packed.pack_matmul_weight(w, depth)), zp,
-                          int(w.shape[0]), blocks, depth, primfunc_name_hint="qmatmul_acc")
+                          int(w.shape[0]), blocks, depth, operand, primfunc_name_hint="qmatmul_acc")
+    axis = 1 if kind == "conv" and out_layout == "NCHW" else len(xt.shape) - 1  # output channels
     if blocks != out:
-        axis = 1 if kind == "conv" else len(xt.shape) - 1
         acc = sub.emit(relax.op.strided_slice(acc, axes=[axis], begin=[0], end=[out]))
     if depth == packed.QUAD:
-        zs = packed.quad_zero(xt.dtype, zp)
+        zs = packed.quad_zero(xt.dtype, zp, operand)
         if zs != 0:
             corr = packed.quad_correction(w, kind, zs)
-            acc = sub.emit(relax.op.subtract(acc, _const_array(_channel(corr, len(xt.shape),
-                                                                        1 if kind == "conv" else -1))))
+            acc = sub.emit(relax.op.subtract(acc, _const_array(_channel(corr, len(xt.shape), axis))))
     return acc
 
 
@@ -113,8 +124,7 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     import tvm
     from tvm import relax
 
-    from edlc.lower.int8_packed import depth_for
-    from edlc.passes.quantize.ops import BIAS, W_SCALE, W_ZP, X_SCALE, X_ZP, Y_SCALE, Y_ZP
+    from edlc.passes.quantize.ops import BIAS, EXTRA, W_SCALE, W_ZP, X_SCALE, X_ZP, Y_SCALE, Y_ZP
     from edlc.passes.quantize.params import QRANGE, bias_scale
 
     def const(a) -> relax.Constant:
@@ -126,21 +136,25 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     has_bias = len(node.inputs) > BIAS and node.inputs[BIAS] is not None
     x, w = inputs[0], inputs[3]
     rank = node.outputs[0].type.rank
-    axis = 1 if kind == "conv" else -1  # the output channel axis
-    depth = depth_for(ctx.target)  # int16 pairs, or int8 quads where the target has sdot
+    nchw_out = kind == "conv" and node.attrs.get("out_layout", "NCHW") == "NCHW"
+    axis = 1 if nchw_out else -1  # the output channel axis
 
     params = [relax.Var("x", x.ty), relax.Var("w", w.ty)]
     if has_bias:
         params.append(relax.Var("bias", inputs[BIAS].ty))
-    sub = relax.BlockBuilder()
-    with sub.function("f", params, attrs={"Primitive": True}, private=True):
+    # the epilogue's ops are lowered by their own rules, in this function: one kernel
+    body = node.attrs.get("epilogue")
+    lc = LowerContext(body if body is not None else ctx.graph, parent=ctx)
+    extras = [lc.new_input(v) for v in body.inputs[1:]] if body is not None else []
+    sub = lc.bb
+    with sub.function("f", attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp, depth)
+            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp, ctx.target)
             if acc is None:
                 acc = _plain_acc(sub, node, params[0], params[1], kind, x_zp, w_zp)
             if has_bias:
                 b = params[2]
-                if kind == "conv":
+                if nchw_out:
                     b = sub.emit(relax.op.reshape(b, [1, -1, 1, 1]))
                 acc = sub.emit(relax.op.add(acc, b))
             mult = bias_scale(x_scale, w_scale)
@@ -150,6 +164,11 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
                 y = sub.emit(relax.op.maximum(y, const(np.float32(lo))))
             if hi is not None:
                 y = sub.emit(relax.op.minimum(y, const(np.float32(hi))))
+            if body is not None:
+                lc.bind(body.inputs[0], y)
+                for n in body.nodes:
+                    _lower_node(lc, n)
+                y = lc.expr(body.outputs[0])
             if y_scale is not None:
                 zp = y_zp if y_zp is not None else np.array(0, np.uint8)
                 qlo, qhi = QRANGE[str(zp.dtype)]
@@ -158,13 +177,14 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
                 y = sub.emit(relax.op.minimum(relax.op.maximum(y, const(np.float32(qlo))), const(np.float32(qhi))))
                 y = sub.emit(relax.op.astype(y, str(zp.dtype)))
             out = sub.emit_output(y)
-        sub.emit_func_output(out)
+        sub.emit_func_output(out, params=params + extras + [var for var, _ in lc.captured])
     built = sub.get()
     moved = {gv.name_hint: ctx.bb.add_func(f, ctx.fresh(gv.name_hint))
              for gv, f in built.functions.items() if gv.name_hint != "f"}
     func = retarget_call_tir(built["f"], moved) if moved else built["f"]
     gv = ctx.bb.add_func(func, ctx.fresh(f"{node.op}_{node.name}"))
-    args = [x, w] + ([inputs[BIAS]] if has_bias else [])
+    args = [x, w] + ([inputs[BIAS]] if has_bias else []) + list(inputs[EXTRA:]) + \
+        [outer for _, outer in lc.captured]
     return ctx.emit(relax.Call(gv, args))
 
 
@@ -176,6 +196,57 @@ def qconv2d(ctx: LowerContext, node: Node, inputs: list):
 @register_lowering("qmatmul", "edlc")
 def qmatmul(ctx: LowerContext, node: Node, inputs: list):
     return _emit_int8(ctx, node, inputs, "matmul")
+
+
+def maxpool_te(x, kernel, strides, pads, out_hw):
+    """TE: a 2-D max pool (NCHW) as two reductions with the windows clamped to the input (exact
+    when pads are smaller than the window and there is no dilation: a clamped position repeats a
+    value of the same window). First over window rows, for every input column (contiguous:
+    vectorized), then over window columns; no padding test anywhere."""
+    from tvm import te, tirx
+
+    n, c, h, w = (int(d) for d in x.shape)
+    (kh, kw), (sh, sw), (pt, pl) = kernel, strides, pads[:2]
+    oh, ow = out_hw
+
+    def clamp(i, hi):
+        return tirx.max(tirx.min(i, hi - 1), 0)
+
+    ry = te.reduce_axis((0, kh), "ry")
+    rows = te.compute((n, c, oh, w), lambda b, ch, y, xx: te.max(x[b, ch, clamp(y * sh + ry - pt, h), xx], axis=ry),
+                      name="pool_rows")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute((n, c, oh, ow), lambda b, ch, y, xx: te.max(rows[b, ch, y, clamp(xx * sw + rx - pl, w)], axis=rx),
+                      name="pool_cols")
+
+
+def maxpool_nhwc_te(x, kernel, strides, pads, out_hw):
+    """TE: a 2-D max pool on NHWC, windows clamped to the input as in `maxpool_te`; channels are
+    innermost, so the vector lanes read contiguous channels and no test varies across them."""
+    from tvm import te, tirx
+
+    n, h, w, c = (int(d) for d in x.shape)
+    (kh, kw), (sh, sw), (pt, pl) = kernel, strides, pads[:2]
+    oh, ow = out_hw
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, oh, ow, c),
+        lambda b, y, xx, ch: te.max(x[b, tirx.max(tirx.min(y * sh + ry - pt, h - 1), 0),
+                                      tirx.max(tirx.min(xx * sw + rx - pl, w - 1), 0), ch], axis=[ry, rx]),
+        name="pool_nhwc")
+
+
+@register_lowering("qmaxpool", "edlc")
+def qmaxpool(ctx: LowerContext, node: Node, inputs: list):
+    from edlc.passes.quantize.ops import NHWC_TO_NCHW, maxpool_window
+
+    shape = node.inputs[0].type.shape
+    if node.attrs.get("layout", "NCHW") == "NHWC":
+        kernel, strides, pads, out = maxpool_window(node, [shape[i] for i in NHWC_TO_NCHW])
+        return ctx.bb.emit_te(maxpool_nhwc_te, inputs[0], kernel, strides, pads, out, primfunc_name_hint="qmaxpool")
+    kernel, strides, pads, out = maxpool_window(node, shape)
+    return ctx.bb.emit_te(maxpool_te, inputs[0], kernel, strides, pads, out, primfunc_name_hint="qmaxpool")
 
 
 # QOperator models: QLinearConv and QLinearMatMul take the same inputs, in the same order.

@@ -1,14 +1,20 @@
 """Schedule for the packed int8 accumulators (edlc.lower.int8_packed): one x86 multiply-add
-instruction per (16 or 8 output channels) x (2 reduction steps) block.
+per (16 or 8 output channels) x (2 or 4 reduction steps) block.
 
     parallel(outer spatial, output-channel tile)
       i-tile                              <- requantization epilogue here
-        reduction loops (c/2, kh, kw / k/2)
-          i in Xb (unrolled)              <- Xb int32 accumulator registers
-            [T channels x 2] tensorized   <- vpmaddwd + vpaddd, or VNNI vpdpwssd
+        reduction loops (c/depth, kh, kw / k/depth)
+          i in Xb (unrolled)              <- Xb (x T/8) int32 accumulator registers
+            [T channels x depth] tensorized
 
-The activation operand is one int32 (an int16 pair) broadcast to every lane, the weight block
-T x 2 int8 values sign-extended to int16: exact int32 sums, as the IR reference computes them.
+int16 pairs (depth 2): the activation pair, one int32, broadcast to every lane, the weight
+block sign-extended to int16; `vpmaddwd` + `vpaddd`, or VNNI's `vpdpwssd`. uint8 x int8 quads
+(depth 4, the form x86 gets for weights whose pairs fit int16): the activation quad broadcast,
+`vpmaddubsw`, `vpmaddwd` by ones, `vpaddd` (three instructions for 32 products where pairs need
+four for 16), or VNNI's `vpdpbusd`. On AVX2 a quad tile is the whole 16-channel block (two
+registers per row, each broadcast feeding two multiply-adds) when at least 3 rows fit in
+registers, except for stride-1 windows with 8 rows, whose neighbouring rows share broadcasts
+already. Exact int32 sums either way, as the IR reference computes them.
 
 On aarch64 with the dot-product extension the blocks are 16 x 4 int8 quads (the lowering packs
 them so: `edlc.lower.int8_packed.depth_for`): four `sdot`s, each adding four int8 x int8
@@ -20,12 +26,12 @@ A block this rule does not recognize (or a target without AVX2 or dotprod) is le
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from tvm import s_tir, tirx
 
-from edlc.schedules.analysis import CPU, Load, divisors_desc, vars_in
+from edlc.schedules.analysis import CPU, Load, divisors_desc, has_if_then_else, vars_in
 from edlc.schedules.contraction import (
     Contraction,
     _extent,
@@ -35,6 +41,8 @@ from edlc.schedules.contraction import (
 )
 
 PAIR = 2
+QUAD = 4
+X86_KINDS = ("avx2", "avx512", "vnni")
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,12 @@ class Isa:
     kind: str  # "vnni" (vpdpwssd), "avx512" or "avx2" (vpmaddwd + vpaddd), "sdot" (aarch64)
     registers: int
     depth: int = PAIR  # reduction steps per int32 lane: int16 pairs, or int8 quads for sdot
+    unsigned: bool = False  # x86 quads: a uint8 activation x int8 weights (vpmaddubsw, vpdpbusd)
 
     @property
     def operand(self) -> str:
         """The packed activation's element type."""
-        return "int16" if self.depth == PAIR else "int8"
+        return "int16" if self.depth == PAIR else "uint8" if self.unsigned else "int8"
 
 
 SDOT = Isa(16, "sdot", 32, 4)
@@ -68,6 +77,16 @@ def isa_of(target_has) -> Isa | None:
     return None
 
 
+def for_operand(isa: Isa | None, dtype: str) -> Isa | None:
+    """The instruction for a packed block whose activation has type `dtype`: `isa` itself, or on
+    x86 its uint8 x int8 quad form (edlc.lower.int8_packed.x86_quads)."""
+    if isa is None or isa.operand == dtype:
+        return isa
+    if dtype == "uint8" and isa.kind in X86_KINDS and isa.depth == PAIR:
+        return Isa(isa.lanes, isa.kind, isa.registers, QUAD, True)
+    return None
+
+
 @cache
 def intrinsic(isa: Isa) -> str:
     """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < depth)."""
@@ -75,6 +94,8 @@ def intrinsic(isa: Isa) -> str:
 
     if isa.kind == "sdot":
         return _sdot_intrinsic(isa)
+    if isa.unsigned:
+        return _u8_intrinsic(isa)
     lanes = isa.lanes
     name = f"edlc_i16x2_{isa.kind}_{lanes}"
 
@@ -116,6 +137,62 @@ def intrinsic(isa: Isa) -> str:
                     T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), lanes),
                                   dtype=vector),
                     T.Cast(vector, B.vload([0, 0], f"int8x{2 * lanes}")), dtype=f"int32x{lanes}")
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
+def _u8_intrinsic(isa: Isa) -> str:
+    """C[T] += sum_k A[k] * B[T, k] (k < 4; A uint8, B int8) on x86: the activation quad A
+    broadcast to every int32 lane; `vpmaddubsw` (uint8 x int8 pairs summed into int16, exact
+    while the pairs fit: edlc.lower.int8_packed.u8_pairs_fit) then `vpmaddwd` by ones (int16
+    pairs summed into int32) and `vpaddd`; VNNI's `vpdpbusd` does all three, in int32."""
+    from tvm.script import tirx as T
+
+    lanes, depth = isa.lanes, isa.depth
+    name = f"edlc_u8x4_{isa.kind}_{lanes}"
+    wide = isa.kind != "avx2"  # 512-bit registers
+    vec = 16 if wide else 8  # int32 lanes of one register; a 16-lane AVX2 block takes two
+    nbytes = vec * depth
+    madd_ub = "llvm.x86.avx512.pmaddubs.w.512" if wide else "llvm.x86.avx2.pmadd.ub.sw"
+    madd_w = "llvm.x86.avx512.pmaddw.d.512" if wide else "llvm.x86.avx2.pmadd.wd"
+    dpbusd = isa.kind == "vnni"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (depth,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, depth):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (depth,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            quad = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"uint8x{depth}"), dtype="int32"),
+                                             vec), dtype=f"uint8x{nbytes}")
+            for h in T.unroll(lanes // vec):
+                if dpbusd:
+                    C[T.ramp(h * vec, 1, vec)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        C.vload([h * vec], f"int32x{vec}"), quad, B.vload([h * vec, 0], f"int8x{nbytes}"),
+                        dtype=f"int32x{vec}")
+                else:
+                    C[T.ramp(h * vec, 1, vec)] = C.vload([h * vec], f"int32x{vec}") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(madd_w),
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(madd_ub), quad,
+                                                B.vload([h * vec, 0], f"int8x{nbytes}"), dtype=f"int16x{2 * vec}"),
+                        T.broadcast(T.int16(1), 2 * vec), dtype=f"int32x{vec}")
 
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
@@ -168,10 +245,33 @@ class PackedPlan:
     i: str | None  # the register-blocked var
     pair: str  # the reduction var of extent isa.depth (2 or 4)
     Xb: int
+    isa: Isa | None = None  # the instruction, where it differs from the target's pair one
 
 
 def _is_pair_load(load, dtype: str) -> bool:
     return isinstance(load, Load) and str(load.source.dtype) == dtype
+
+
+def _contiguous(ix, var: str) -> bool:
+    """Whether an index is `var`, or `e + var` with `var` nowhere in e: the activation's
+    `depth` elements are neighbours (its last dim holds them, or a row of quads of columns)."""
+    if isinstance(ix, tirx.Var):
+        return ix.name == var
+    return isinstance(ix, tirx.Add) and isinstance(ix.b, tirx.Var) and ix.b.name == var and \
+        var not in {v.name for v in vars_in(ix.a)}
+
+
+def _sliding(act: Load, i: str | None, reduce: set) -> bool:
+    """Whether the activation is read at `i + r` (stride 1, r a reduction var): a sliding
+    window along the register axis."""
+    if i is None:
+        return False
+    for ix in act.indices:
+        names = {v.name for v in vars_in(ix)}
+        if i in names:
+            return isinstance(ix, tirx.Add) and names - {i} <= reduce and any(
+                isinstance(t, tirx.Var) and t.name == i for t in (ix.a, ix.b))
+    return False
 
 
 def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
@@ -183,16 +283,17 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
     # the weight is read at [.., o % 16, k]; for quads the activation is int8 too
     weight = next((ld for ld in loads if _is_pair_load(ld, "int8") and len(ld.indices) >= 2
                    and isinstance(ld.indices[-2], tirx.FloorMod)), None)
-    act = next((ld for ld in loads if ld is not weight and _is_pair_load(ld, isa.operand)), None)
-    if weight is None or act is None:
+    act = next((ld for ld in loads if ld is not weight and isinstance(ld, Load)), None)
+    isa = for_operand(isa, str(act.source.dtype)) if act is not None else None
+    if weight is None or isa is None:
         return None
     shape = [int(d) for d in weight.source.shape]
-    if shape[-2:] != [16, isa.depth] or int(act.source.shape[-1]) != isa.depth:
+    if shape[-2:] != [16, isa.depth]:
         return None
     ext = {v.name: e for v, e in zip(info.vars, info.extents)}
     last = weight.indices[-1]
     if not isinstance(last, tirx.Var) or ext.get(last.name) != isa.depth or last.name not in \
-            {v.name for v in info.reduce}:
+            {v.name for v in info.reduce} or not _contiguous(act.indices[-1], last.name):
         return None
     lane = weight.indices[-2]
     if not isinstance(lane, tirx.FloorMod):
@@ -208,12 +309,22 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
     # leaving room for the four weight vectors and the broadcast activation
     cap = {"avx2": max(1, isa.registers - 4), "sdot": (isa.registers - 6) // 4}.get(isa.kind, 14)
     xb = divisors_desc(ext[i], cap)[0] if i is not None else 1
-    return PackedPlan(j, i if xb > 1 else None, last.name, xb)
+    if isa.unsigned and isa.kind == "avx2":
+        # uint8 quads on AVX2: the whole 16-channel block per row (two registers), so that each
+        # broadcast activation quad feeds two multiply-adds, where enough rows remain to hide
+        # their latency (up to 6 rows x 2 accumulators, plus the broadcast, a temporary and the
+        # ones). A stride-1 window already shares its broadcasts between neighbouring rows (LLVM
+        # reuses x + rx across rx), so there 8 rows of one register do as well or better.
+        xb2 = divisors_desc(ext[i], (isa.registers - 4) // 2)[0] if i is not None else 1
+        if (xb2 >= 3 or i is None) and not (xb >= 8 and _sliding(act, i, {v.name for v in info.reduce})):
+            isa, xb = replace(isa, lanes=2 * isa.lanes), xb2
+    return PackedPlan(j, i if xb > 1 else None, last.name, xb, isa)
 
 
 def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU) -> None:
     """Schedule the packed accumulator in place (raises where a step does not apply; the
     caller works on a copy)."""
+    isa = p.isa or isa
     info = c.info
     rv = info.rv
     loop = {v.name: lp for v, lp in zip(info.vars, info.loops)}
@@ -267,15 +378,33 @@ def _schedule_pack(sch: s_tir.Schedule, rv, cpu: CPU, dtype: str) -> None:
         par = sch.fuse(*loops[:keep]) if keep > 1 else loops[0]
         if cpu.cores > 1:
             sch.parallel(par)
-        sch.unroll(loops[-1])
+        block = sch.get(producer)
+        inner = block.iter_vars[-1].var.name
+        if _extent(sch, loops[-1]) <= QUAD:  # a pair or quad
+            sch.unroll(loops[-1])
+        elif isinstance(block.body, tirx.BufferStore) and not has_if_then_else(block.body.value, {inner}):
+            # channels innermost (NHWC data): the padding test is the same for all of them
+            width = next((v for v in (16, 8, 4) if _extent(sch, loops[-1]) % v == 0), None)
+            if width is not None:
+                _, vi = sch.split(loops[-1], [None, width])
+                sch.vectorize(vi)
 
 
 def tensorize(sch: s_tir.Schedule, name: str, isa: Isa) -> None:
     """Map the (T x 2) inner loops of the scheduled accumulator `name` onto the instruction.
     Done last: TVM 0.27 cannot copy a schedule once it holds a tensorized block."""
-    loops = sch.get_loops(sch.get_sblock(f"{name}_update"))
+    block = sch.get_sblock(f"{name}_update")
+    act = [str(r.source.dtype) for r in sch.get(block).reads if str(r.source.dtype) not in ("int32", "int8")]
+    isa = for_operand(isa, act[0]) if act else isa
+    loops = sch.get_loops(block)
+    if isa.unsigned:  # the plan may have taken a block of two registers (plan)
+        isa = replace(isa, lanes=int(sch.get(loops[-2]).extent))
     sch.tensorize(loops[-2], intrinsic(isa))
 
 
 for _isa in (Isa(16, "vnni", 32), Isa(16, "avx512", 32), Isa(8, "avx2", 16), SDOT):
-    intrinsic(_isa)  # registered up front: a tuning record may name any of them
+    intrinsic(_isa)
+    if _isa.kind in X86_KINDS:
+        intrinsic(for_operand(_isa, "uint8"))
+        if _isa.kind == "avx2":
+            intrinsic(replace(for_operand(_isa, "uint8"), lanes=16))  # registered up front: a tuning record may name any of them

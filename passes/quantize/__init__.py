@@ -6,13 +6,18 @@
 
 Modules: params (scales, zero points, the arithmetic), ops (edlc.qconv2d, edlc.qmatmul),
 calibrate (minmax / percentile / entropy), layers (what gets quantized), rewrite (the int8
-graph), ptq (the whole flow with accuracy fallback), report.
+graph), epilogue (elementwise ops into the int8 kernels), ptq (the whole flow with accuracy
+fallback), report; qdq (the import-qdq pass) and layout (the int8-layout pass: NHWC between
+int8 convs) run in every compile's pipeline.
 """
 
-from edlc.passes.quantize import (
-    ops,  # noqa: F401  registers edlc.qconv2d and edlc.qmatmul
-    qdq,  # noqa: F401  registers the import-qdq pass
+# isort: off
+from edlc.passes.quantize import (  # noqa: F401  the import order is the passes' order
+    ops,  # registers edlc.qconv2d, edlc.qmatmul and edlc.qmaxpool
+    qdq,  # registers the import-qdq pass
+    layout,  # registers the int8-layout pass, after import-qdq
 )
+# isort: on
 from edlc.passes.quantize.calibrate import METHODS, load_calibration
 from edlc.passes.quantize.ptq import prepare, quantize
 from edlc.passes.quantize.report import LayerReport, QuantReport

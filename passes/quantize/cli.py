@@ -1,8 +1,8 @@
 """The quantization flags of `edlc compile` and the `edlc quantize` command.
 
     edlc quantize MODEL --calib data.npz -o model.int8.onnx [--calib-method entropy]
-                  [--activations uint8|int8] [--max-drop 1.0] [--min-sqnr 25] [--exclude LAYER]
-                  [--report report.json]
+                  [--activations uint8|int8] [--weights paired|full] [--max-drop 1.0]
+                  [--min-sqnr 25] [--exclude LAYER] [--report report.json]
 
 writes a QDQ ONNX model (QuantizeLinear / DequantizeLinear around float Conv, MatMul) that
 onnxruntime runs, and prints the quantization report.
@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from edlc.passes.quantize.calibrate import METHODS
-from edlc.passes.quantize.params import ACT_DTYPES
+from edlc.passes.quantize.params import ACT_DTYPES, WEIGHT_RANGES
 
 
 def add_flags(g) -> None:
@@ -26,6 +26,10 @@ def add_flags(g) -> None:
                    help="percentile kept by --calib-method percentile (default 99.99)")
     g.add_argument("--activations", choices=ACT_DTYPES, default="uint8",
                    help="activation type: uint8 (asymmetric, default) or int8 (symmetric)")
+    g.add_argument("--weights", choices=WEIGHT_RANGES, default="paired",
+                   help="weight range: paired (default; each two weights that x86's uint8 x int8 "
+                        "multiply-add sums in int16 stay within it, so the fast kernels are exact) "
+                        "or full ([-127, 127] per channel, slightly finer)")
     g.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="return the worst layers to float until top-1 agreement with the float "
                         "model drops by at most this many points")
@@ -38,7 +42,7 @@ def add_flags(g) -> None:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for `edlc.passes.quantize.quantize` from the flags."""
     return {"method": args.calib_method, "percentile": args.percentile,
-            "activations": args.activations, "max_drop": args.max_drop,
+            "activations": args.activations, "weights": args.weights, "max_drop": args.max_drop,
             "min_sqnr": args.min_sqnr, "exclude": tuple(args.exclude or ())}
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 ACT_DTYPES = ("uint8", "int8")
+WEIGHT_RANGES = ("paired", "full")  # see weight_params
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
 WEIGHT_QMAX = 127  # symmetric weights use [-127, 127]: no lone -128 without a positive twin
+PAIR_QMAX = 128  # paired weights: |q0| + |q1| <= 128, so 255 * (|q0| + |q1|) fits int16
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,48 @@ def activation_params(lo: float, hi: float, dtype: str = "uint8") -> QParams:
     return QParams(np.array(scale, np.float32), np.array(zp, dtype))
 
 
-def weight_params(w: np.ndarray, axis: int) -> QParams:
-    """Symmetric per-channel int8 parameters for a weight, one scale per slice along `axis`."""
+def pair_sums(w: np.ndarray, pair_axis: int) -> np.ndarray:
+    """|w[.., 2m, ..]| + |w[.., 2m + 1, ..]| along `pair_axis` (an odd last one pairs with 0)."""
+    a = np.moveaxis(np.abs(np.asarray(w, np.float64)), pair_axis % w.ndim, 0)
+    if a.shape[0] % 2:
+        a = np.concatenate([a, np.zeros_like(a[:1])])
+    return np.moveaxis(a[0::2] + a[1::2], 0, pair_axis % w.ndim)
+
+
+def _quad_waste(n: int) -> float:
+    return -(-n // 4) * 4 / n
+
+
+def conv_pair_axis(w_shape) -> int:
+    """The axis of a conv weight (OIHW) along which x86's uint8 x int8 kernels take quads, and
+    so pair neighbours 2m, 2m + 1: input channels (1), or kernel columns (3) where there are so
+    few input channels that quads of columns waste less (a first layer on 1 or 3 channels;
+    edlc.lower.int8_packed)."""
+    return 3 if _quad_waste(int(w_shape[3])) < _quad_waste(int(w_shape[1])) else 1
+
+
+def weight_params(w: np.ndarray, axis: int, pair_axis: int | None = None) -> QParams:
+    """Symmetric per-channel int8 parameters for a weight, one scale per slice along `axis`.
+
+    With `pair_axis` (the input-channel axis), the scale also keeps every two weights 2m, 2m + 1
+    along it small enough for x86's uint8 x int8 multiply-add, which sums such a pair times two
+    uint8 activations into int16: |q0| + |q1| <= 128 (PAIR_QMAX), so 255 * 128 fits. The scale is
+    max(|w0| + |w1|) / 127 over the channel's pairs (rounding adds at most 1); at most one bit
+    coarser than the plain range, often less."""
     other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.abs(w).max(axis=other) if other else np.abs(w)
-    scale = (amax / WEIGHT_QMAX).astype(np.float32)
+    scale = amax / WEIGHT_QMAX
+    if pair_axis is not None:
+        sums = pair_sums(w, pair_axis)
+        pmax = sums.max(axis=other) if other else sums
+        scale = np.maximum(scale, pmax / (PAIR_QMAX - 1))
+    scale = np.asarray(scale, np.float64).astype(np.float32)
     scale[scale == 0] = 1.0
     return QParams(scale, np.zeros(scale.shape, np.int8), axis % w.ndim)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, QParams]:
-    p = weight_params(w, axis)
+def quantize_weight(w: np.ndarray, axis: int, pair_axis: int | None = None) -> tuple[np.ndarray, QParams]:
+    p = weight_params(w, axis, pair_axis)
     q = np.clip(np.rint(w / _along(p.scale, p.axis, w.ndim)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
     return q, p
 
@@ -128,5 +161,5 @@ def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
     return 10.0 * np.log10(signal / noise)
 
 
-__all__ = ["ACT_DTYPES", "QRANGE", "QParams", "activation_params", "bias_scale", "dequantize",
+__all__ = ["ACT_DTYPES", "PAIR_QMAX", "QRANGE", "WEIGHT_RANGES", "conv_pair_axis", "pair_sums", "QParams", "activation_params", "bias_scale", "dequantize",
            "quantize", "quantize_bias", "quantize_weight", "sqnr", "weight_params"]

@@ -20,7 +20,7 @@ from edlc.ir.graph import Graph
 from edlc.pass_manager import PassManager
 from edlc.passes.quantize.calibrate import METHODS, Calibration, calibrate, load_calibration
 from edlc.passes.quantize.layers import Layer, find_layers
-from edlc.passes.quantize.params import ACT_DTYPES
+from edlc.passes.quantize.params import ACT_DTYPES, WEIGHT_RANGES
 from edlc.passes.quantize.report import LayerReport, QuantReport
 from edlc.passes.quantize.rewrite import LayerParams, build_quantized
 from edlc.passes.quantize.runner import Runner
@@ -110,14 +110,20 @@ def _layer_reports(layers: Sequence[Layer], chosen: dict[str, LayerParams], err:
 def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
              percentile: float = 99.99, activations: str = "uint8", max_drop: float | None = None,
              min_sqnr: float | None = None, exclude: Sequence[str] = (),
-             max_samples: int | None = None) -> tuple[Graph, QuantReport]:
+             max_samples: int | None = None, weights: str = "paired") -> tuple[Graph, QuantReport]:
     """Quantize `graph` to int8 with calibration data (an .npz path or an iterable of input
     dicts). `max_drop` (top-1 disagreement with float, in points) and `min_sqnr` (dB, worst
-    output) return layers to float, worst first, until met. Returns the graph and a report."""
+    output) return layers to float, worst first, until met. `weights="paired"` (the default)
+    keeps every two weights that x86's uint8 x int8 multiply-add sums in int16 within range
+    (params.weight_params), so the int8 kernels run on it exactly; "full" uses [-127, 127] per
+    channel (about a bit finer; those layers run the int16-pair kernels on AVX2). Returns the
+    graph and a report."""
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     if activations not in ACT_DTYPES:
         raise InputError(f"activations must be one of {', '.join(ACT_DTYPES)}, not '{activations}'")
+    if weights not in WEIGHT_RANGES:
+        raise InputError(f"weights must be one of {', '.join(WEIGHT_RANGES)}, not '{weights}'")
     if not 0 < percentile <= 100:
         raise InputError(f"percentile must be in (0, 100], got {percentile}")
     samples = load_calibration(calibration, graph, max_samples)
@@ -138,7 +144,7 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
     graph_inputs = {v.name for v in float_graph.inputs}
     while True:
         enabled = {layer.name for layer in layers} - excluded - set(fallbacks)
-        tapped_graph, chosen = build_quantized(float_graph, enabled, ranges, activations, taps)
+        tapped_graph, chosen = build_quantized(float_graph, enabled, ranges, activations, taps, weights)
         err = measure(float_graph, tapped_graph, layers, samples, reference)
         reports = _layer_reports(layers, chosen, err, excluded, fallbacks, graph_inputs)
         worst_out = min((err.sqnr(o) for o in outputs), default=math.inf)
@@ -150,11 +156,11 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
             break
         fallbacks.append(max(candidates, key=lambda r: r.loss_db).name)
 
-    qgraph, chosen = build_quantized(float_graph, enabled, ranges, activations)
+    qgraph, chosen = build_quantized(float_graph, enabled, ranges, activations, weights=weights)
     report = QuantReport(method, activations, len(samples), reports, left_float,
                          _constant_bytes(float_graph), _constant_bytes(qgraph),
                          {o: err.sqnr(o) for o in outputs},
-                         err.agree / err.total if err.total else None, fallbacks)
+                         err.agree / err.total if err.total else None, fallbacks, weights)
     return qgraph, report
 
 

@@ -7,6 +7,9 @@ dequantized weights into float constants. (QOperator QLinearConv/QLinearMatMul l
     before: %x = DequantizeLinear(%xq, s, z); %w = DequantizeLinear(%w8, ws, 0)
             %y = Conv(%x, %w, %b); %r = Relu(%y); %q = QuantizeLinear(%r, ys, yz)
     after:  %q = edlc.qconv2d[clip_min=0](%xq, s, z, %w8, ws, 0, ys, yz, %b_int32)
+
+Float elementwise ops after such an op (a residual Add of a dequantized tensor, the ReLU after
+it, and their QuantizeLinear) then move into its epilogue (edlc.passes.quantize.epilogue).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import numpy as np
 
 from edlc.ir.graph import Graph, Node, Value
 from edlc.pass_manager import PassResult, register_pass
+from edlc.passes.quantize.epilogue import fold_epilogues
 from edlc.passes.quantize.layers import _activation, _single_user
 from edlc.passes.quantize.params import bias_scale, quantize_bias
+from edlc.passes.quantize.rewrite import int8_maxpools
 
 Q_TYPES = ("uint8", "int8")
 
@@ -122,6 +127,9 @@ def import_qdq(graph: Graph) -> PassResult:
     for node in list(graph.nodes):
         if node in graph.nodes and not node.domain and node.op in ("Conv", "MatMul"):
             changed |= _fold(graph, node)
+    if changed:
+        int8_maxpools(graph)
+        fold_epilogues(graph)  # a residual Add, ReLU, GELU after them: in the int8 kernel
     return PassResult(graph, changed)
 
 

@@ -33,6 +33,7 @@ class QuantReport:
     output_sqnr_db: dict[str, float] = field(default_factory=dict)
     top1_agreement: float | None = None  # fraction of samples whose argmax matches float
     fallbacks: list[str] = field(default_factory=list)  # layers returned to float, in order
+    weights: str = "paired"  # the weight range (edlc.passes.quantize.params.weight_params)
 
     @property
     def sqnr_db(self) -> float | None:
@@ -52,7 +53,7 @@ class QuantReport:
     def summary(self) -> dict:
         """The figures an artifact's manifest keeps."""
         return json_safe({"method": self.method, "activations": self.activations,
-                          "samples": self.samples,
+                          "weights": self.weights, "samples": self.samples,
                           "int8_layers": sum(r.status == "int8" for r in self.layers),
                           "layers": len(self.layers), "fallbacks": list(self.fallbacks),
                           "size_before": self.size_before, "size_after": self.size_after,
@@ -61,7 +62,7 @@ class QuantReport:
 
     def format(self) -> str:
         lines = [f"int8 quantization ({self.method} calibration on {self.samples} samples, "
-                 f"{self.activations} activations, per-channel int8 weights)"]
+                 f"{self.activations} activations, per-channel int8 weights, {self.weights} range)"]
         lines.append(f"{'layer':36} {'op':8} {'status':18} {'SQNR dB':>8} {'loss':>6}  input / output")
         for r in self.layers:
             lines.append(f"{r.name[:36]:36} {r.op:8} {r.status:18} {_db(r.sqnr_db):>8} {_db(r.loss_db):>6}  "

@@ -20,9 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from edlc.ir.graph import Graph, Node, Value
+from edlc.passes.quantize.epilogue import fold_epilogues, quantized_residuals
 from edlc.passes.quantize.layers import PASSTHROUGH, Layer, find_layers
 from edlc.passes.quantize.ops import Y_SCALE, Y_ZP
-from edlc.passes.quantize.params import QParams, activation_params, quantize_bias, quantize_weight
+from edlc.passes.quantize.params import (
+    QParams,
+    activation_params,
+    conv_pair_axis,
+    quantize_bias,
+    quantize_weight,
+)
 
 
 @dataclass
@@ -70,7 +77,7 @@ def _consts(graph: Graph, p: QParams, name: str) -> tuple[Value, Value]:
 
 
 def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
-                   quantized_inputs: dict[int, tuple[Value, QParams]]) -> QParams:
+                   quantized_inputs: dict[int, tuple[Value, QParams]], paired: bool = True) -> QParams:
     before = layer.anchor
     x = layer.anchor.inputs[0]  # an earlier rewrite may have replaced `layer.input`
     key = id(x)
@@ -79,8 +86,8 @@ def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
         q = graph.add_node("QuantizeLinear", [x, s, z], name=f"{x.name}.quantize", before=before)
         quantized_inputs[key] = (q.outputs[0], pin)
     xq = quantized_inputs[key][0]
-    axis = 0 if layer.kind == "conv" else 1
-    wq, pw = quantize_weight(layer.weight, axis)
+    axis, pair_axis = (0, conv_pair_axis(layer.weight.shape)) if layer.kind == "conv" else (1, 0)
+    wq, pw = quantize_weight(layer.weight, axis, pair_axis if paired else None)
     ins = [xq, *_consts(graph, pin, f"{layer.name}.x"), graph.constant(wq, f"{layer.name}.weight_int8"),
            *_consts(graph, pw, f"{layer.name}.w"), *_consts(graph, pout, f"{layer.name}.y")]
     if layer.bias is not None:
@@ -122,11 +129,19 @@ def _same(a: Value | None, b: Value | None) -> bool:
     return a.const.dtype == b.const.dtype and np.array_equal(a.const, b.const)
 
 
+def _requantized(v: Value, depth: int = 0) -> bool:
+    """Whether `v` reaches a QuantizeLinear through ops that only move values."""
+    return depth < 16 and any(_is(u, "QuantizeLinear") or (_passthrough(u) and _requantized(u.outputs[0], depth + 1))
+                              for u in v.users)
+
+
 def sink_dequantize(graph: Graph) -> bool:
-    """P(DQ(q)) -> DQ(P(q)) for ops P that only move values."""
+    """P(DQ(q)) -> DQ(P(q)) for ops P that only move values, where P's output is quantized
+    again (for the next int8 layer); where only float ops read it (a Reshape and Transpose
+    before float attention), P stays float and the int8 op can output float itself."""
     changed = False
     for node in list(graph.nodes):
-        if not _passthrough(node) or node.inputs[0] is None:
+        if not _passthrough(node) or node.inputs[0] is None or not _requantized(node.outputs[0]):
             continue
         dq = node.inputs[0].producer
         if not _is(dq, "DequantizeLinear") or _dq_params(dq) is None:
@@ -188,6 +203,27 @@ def float_outputs(graph: Graph) -> bool:
     return changed
 
 
+def int8_maxpools(graph: Graph) -> bool:
+    """MaxPool on int8 data -> edlc.qmaxpool (the same values; a kernel TVM vectorizes)."""
+    from edlc.passes.quantize.ops import qmaxpool_supported
+
+    changed = False
+    for node in list(graph.nodes):
+        if not _is(node, "MaxPool") or not qmaxpool_supported(node) or \
+                node.inputs[0].type.dtype not in ("uint8", "int8"):
+            continue
+        attrs = dict(node.attrs)
+        new = graph.add_node("qmaxpool", [node.inputs[0]], attrs, domain="edlc", name=node.name, before=node)
+        if new.outputs[0].type != node.outputs[0].type:  # a shape rule disagreement: keep MaxPool
+            graph.remove_node(new)
+            continue
+        _replace(graph, node.outputs[0], new.outputs[0])
+        graph.remove_node(node)
+        new.name = node.name
+        changed = True
+    return changed
+
+
 def remove_dead(graph: Graph) -> None:
     changed = True
     while changed:
@@ -199,7 +235,7 @@ def remove_dead(graph: Graph) -> None:
 
 
 def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[float, float]],
-                    act_dtype: str = "uint8", taps: Sequence[str] = ()
+                    act_dtype: str = "uint8", taps: Sequence[str] = (), weights: str = "paired"
                     ) -> tuple[Graph, dict[str, LayerParams]]:
     """A copy of `graph` with the `enabled` layers in int8. Values named in `taps` become extra
     graph outputs first, so they keep a float view in the result (for accuracy checks)."""
@@ -215,11 +251,15 @@ def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[
     for layer in layers:
         if layer.name in plan:
             pin, pout = plan[layer.name]
-            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs)
+            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs, weights == "paired")
             chosen[layer.name] = LayerParams(pin, pw, pout)
     while sink_dequantize(g) | fold_requantize(g):
         remove_dead(g)
     float_outputs(g)
+    remove_dead(g)
+    int8_maxpools(g)
+    quantized_residuals(g)
+    fold_epilogues(g)
     remove_dead(g)
     for n in g.nodes:
         if n.domain == "edlc" and n.name.endswith(".int8"):
@@ -229,5 +269,5 @@ def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[
     return g, chosen
 
 
-__all__ = ["LayerParams", "build_quantized", "fold_requantize", "float_outputs", "plan_params",
+__all__ = ["LayerParams", "build_quantized", "fold_requantize", "float_outputs", "int8_maxpools", "plan_params",
            "remove_dead", "sink_dequantize"]

@@ -48,13 +48,18 @@ def samples_for(rng: np.random.Generator, shape, n: int = 8) -> list[dict[str, n
 
 
 def int8_op_graph(rng: np.random.Generator, op: str, x_shape, w_shape, *, attrs=None,
-                  quantized_out: bool = True, act: str = "uint8", bias: bool = True) -> Graph:
-    """One edlc int8 op on an int8 input, with random per-channel weights."""
+                  quantized_out: bool = True, act: str = "uint8", bias: bool = True,
+                  paired: bool = False, weight: np.ndarray | None = None) -> Graph:
+    """One edlc int8 op on an int8 input, with random per-channel weights (in the paired
+    range with `paired`; or the given int8 `weight`)."""
     g = Graph("t")
     x = g.add_input("x", TensorType(tuple(x_shape), act))
     xp = activation_params(-1.0, 3.0, act)
     axis = 0 if op == "qconv2d" else 1
-    wq, wp = quantize_weight(rng.standard_normal(w_shape).astype(np.float32), axis)
+    wq, wp = quantize_weight(rng.standard_normal(w_shape).astype(np.float32), axis,
+                             (1 if op == "qconv2d" else 0) if paired else None)
+    if weight is not None:
+        wq = weight
     yp = activation_params(-20.0, 20.0, act)
     n_out = w_shape[axis]
     ins = [x, g.constant(xp.scale), g.constant(xp.zero_point), g.constant(wq, "w"),

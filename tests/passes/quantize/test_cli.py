@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edlc.cli import main
 from tests.passes.quantize.helpers import ort_exact, small_cnn
@@ -53,3 +54,25 @@ def test_errors_are_one_line(rng, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("edlc: error:") and "cannot read calibration data" in err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_weight_range_flag(rng, tmp_path, capsys):
+    """--weights full: [-127, 127] per channel (the int16-pair kernels on AVX2); the default
+    paired range keeps x86's uint8 x int8 pairs within int16; a bad value is a one-line error."""
+    from edlc.lower.int8_packed import u8_pairs_fit
+    from edlc.passes.quantize.params import conv_pair_axis
+
+    model, calib = _files(rng, tmp_path)
+    ranges = {}
+    for weights in ("paired", "full"):
+        out, rep = tmp_path / f"{weights}.onnx", tmp_path / f"{weights}.json"
+        assert main(["quantize", str(model), "--calib", str(calib), "-o", str(out), "--weights", weights,
+                     "--report", str(rep)]) == 0
+        assert f"{weights} range" in capsys.readouterr().out
+        assert json.loads(rep.read_text())["weights"] == weights
+        w = [numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer if t.name.endswith("weight_int8")]
+        ranges[weights] = [u8_pairs_fit(a, conv_pair_axis(a.shape) if a.ndim == 4 else 0) for a in w]
+    assert all(ranges["paired"]) and not all(ranges["full"])
+    assert main(["quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "x.onnx"),
+                 "--weights", "7bit"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

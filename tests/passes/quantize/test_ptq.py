@@ -20,9 +20,9 @@ def test_small_cnn_is_one_int8_region(cnn_and_samples):
     model, samples = cnn_and_samples
     g8, report = quantize(edlc.load_onnx(model), samples)
     hist = g8.op_histogram()
-    # one QuantizeLinear at the input; pools and flatten run on uint8; the last layer outputs
-    # float: no DequantizeLinear left
-    assert hist == {"edlc::qconv2d": 2, "Flatten": 1, "MaxPool": 2, "QuantizeLinear": 1,
+    # one QuantizeLinear at the input; pools (edlc::qmaxpool) and flatten run on uint8; the
+    # last layer outputs float: no DequantizeLinear left
+    assert hist == {"edlc::qconv2d": 2, "Flatten": 1, "edlc::qmaxpool": 2, "QuantizeLinear": 1,
                     "edlc::qmatmul": 1}
     assert [v.name for v in g8.outputs] == ["logits"]
     assert [r.status for r in report.layers] == ["int8"] * 3
