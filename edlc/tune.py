@@ -391,7 +391,10 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
             progress(f"tuning: measured {seeded} default schedules and their variants, "
                      f"model ~{_estimate_ms(infos):.2f} ms")
         remaining = trials - before - seeded
-        if remaining > 0:
+        searchable = _searchable(contexts, infos, progress) if remaining > 0 else []
+        if searchable:
+            contexts = [contexts[k] for k in searchable]
+            infos = [infos[k] for k in searchable]  # the same TaskInfos: the result sees them
             batch = _batch_size(trials_per_iter, remaining, len(infos))
             progress(f"tuning {len(infos)} tasks, {remaining} trials in batches of {batch} "
                      f"({before + seeded} records of this model in {records})")
@@ -420,6 +423,22 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
         if pool is not None:
             pool.shutdown()
     return _finish(result, stop, start)
+
+
+def _searchable(contexts, infos: list[TaskInfo], progress: Progress) -> list[int]:
+    """Indices of the tasks MetaSchedule's rules can build a design space for. Where a rule
+    raises (its reverse_compute_at on edlc's fused attention kernel), TVM's task scheduler
+    would end the whole run; such a task keeps its measured default schedule instead."""
+    ok = []
+    for k, ctx in enumerate(contexts):
+        try:
+            ctx.generate_design_space()
+        except Exception as e:  # noqa: BLE001  reported, and the task is left out of the search
+            progress(f"tuning: {infos[k].name}: MetaSchedule's rules do not apply "
+                     f"({first_line(e, 120)}); it keeps its default schedule")
+            continue
+        ok.append(k)
+    return ok
 
 
 def _finish(result: TuneResult, stop: list[str], start: float) -> TuneResult:

@@ -179,3 +179,41 @@ def test_policy_measures_heavy_tasks_first_then_where_time_goes():
     assert policy([False, True]) == 0
     late = _Policy(tasks, batch=4, trials=100, start=time.monotonic() - 10, budget_s=5, stop=stop)
     assert late([False, False]) == -1 and stop == ["time budget"]
+
+
+def test_kernels_with_fast_math_temporaries_tune():
+    """The fast erf/exp forms bind temporaries; MetaSchedule's FLOP estimate aborted on them
+    (TVM has no rule for Let), which ended every tuning run of a model with GELU or softmax."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Erf", ["m"], ["y"])]
+    g = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as records:
+        result = tune(model, records=records, trials=24, **QUICK)  # past the seeds: a search
+        assert result.trials_run > 1 and not result.stopped
+        x = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+        got = edlc.compile(model, records=records).run(x)["y"]
+    np.testing.assert_allclose(got, ort_run(model, x)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_tasks_without_a_design_space_keep_their_default_schedule():
+    """A task MetaSchedule's rules raise on is left out of the search, reported, not fatal."""
+    from edlc.tune import TaskInfo, _searchable
+
+    class Context:
+        def __init__(self, fails: bool):
+            self.fails = fails
+
+        def generate_design_space(self):
+            if self.fails:
+                raise RuntimeError("ScheduleError: reverse-compute-at\nmore")
+            return []
+
+    said: list[str] = []
+    infos = [TaskInfo(n, 1, 1.0, 0.5) for n in ("conv", "attention", "add")]
+    assert _searchable([Context(False), Context(True), Context(False)], infos, said.append) == [0, 2]
+    assert len(said) == 1 and "attention" in said[0] and "default schedule" in said[0]

@@ -30,7 +30,7 @@ from edlc.schedules.analysis import (
     root_blocks,
     unsupported_dtypes,
 )
-from edlc.schedules.fastmath import fast_math
+from edlc.schedules.fastmath import fast_math, without_lets
 from edlc.schedules.inline import inline_elementwise
 
 __all__ = ["apply_default_schedules", "default_schedule", "prepare_kernels", "schedule_primfunc",
@@ -49,7 +49,11 @@ def prepare_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModul
     tuning task, its records and the default schedule all see the same PrimFunc."""
     if cpu_of(target) is None:
         return mod
-    functions = {gv: fast_math(f) if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
+    # without Let: MetaSchedule's task scheduler estimates each kernel's FLOPs with TVM's
+    # estimator, which aborts on a Let (the fast forms bind temporaries so); the kernel tuned
+    # and the one compiled must be the same function, so both get the substituted form
+    functions = {gv: without_lets(fast_math(f)) if isinstance(f, tirx.PrimFunc) else f
+                 for gv, f in mod.functions.items()}
     return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
