@@ -247,8 +247,8 @@ def prepack_weights(mod, params: dict) -> tuple[object, dict]:
                 continue
             args = list(v.args[1].fields)
             index = [next((k for k, w in enumerate(weights) if a.same_as(w)), None) for a in args]
-            if len(args) == 1 and index[0] is not None:
-                calls[b.var] = (v.args[0].name_hint, index[0])
+            if index and None not in index:  # one kernel may re-lay several weights: a tuple
+                calls[b.var] = (v.args[0].name_hint, index)
     if not calls:
         return mod, params
     kernels = {name for name, _ in calls.values()}
@@ -257,13 +257,17 @@ def prepack_weights(mod, params: dict) -> tuple[object, dict]:
     new_params = {}
     replace = {}
     names = list(params)
-    for var, (name, k) in calls.items():
-        out_ty = var.ty
-        out = tvm.runtime.tensor(np.empty([int(d) for d in out_ty.shape.values], str(out_ty.dtype)))
-        lib[name](tvm.runtime.tensor(np.ascontiguousarray(values[k])), out)
-        key = f"{names[k]}.prepacked{len(new_params)}"
-        new_params[key] = out.numpy()
-        replace[var] = relax.Var(key, out_ty)
+    for var, (name, ks) in calls.items():
+        out_tys = list(var.ty.fields) if isinstance(var.ty, relax.TupleType) else [var.ty]
+        outs = [tvm.runtime.tensor(np.empty([int(d) for d in t.shape.values], str(t.dtype)))
+                for t in out_tys]
+        lib[name](*[tvm.runtime.tensor(np.ascontiguousarray(values[k])) for k in ks], *outs)
+        new_vars = []
+        for k, out, ty in zip(ks, outs, out_tys):
+            key = f"{names[k]}.prepacked{len(new_params)}"
+            new_params[key] = out.numpy()
+            new_vars.append(relax.Var(key, ty))
+        replace[var] = relax.Tuple(new_vars) if isinstance(var.ty, relax.TupleType) else new_vars[0]
 
     @mutator
     class _Substitute(PyExprMutator):
@@ -281,7 +285,8 @@ def prepack_weights(mod, params: dict) -> tuple[object, dict]:
     used = set()
     relax.analysis.post_order_visit(body, lambda e: used.add(e) if isinstance(e, relax.Var) else None)
     kept = [(w, names[k], values[k]) for k, w in enumerate(weights) if w in used]
-    new_main = relax.Function(list(main.params[:n_in]) + [w for w, _, _ in kept] + list(replace.values()),
+    packed = [v for r in replace.values() for v in (r.fields if isinstance(r, relax.Tuple) else [r])]
+    new_main = relax.Function(list(main.params[:n_in]) + [w for w, _, _ in kept] + packed,
                               body, main.ret_ty, main.is_pure, main.attrs)
     functions = {gv: (new_main if gv.same_as(main_gv) else f) for gv, f in mod.functions.items()}
     out_params = {name: value for _, name, value in kept}
