@@ -164,7 +164,7 @@ def materialize_empty_constants(mod):
 
     functions = {gv: (_Allocate().visit_expr(f) if isinstance(f, relax.Function) else f)
                  for gv, f in mod.functions.items()}
-    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+    return tvm_module(functions, mod)
 
 
 _CALL_TIR = "relax.call_tir"
@@ -213,6 +213,7 @@ def mark_weight_params(mod):
 
 
 def tvm_module(functions: dict, like):
+    """A module of `functions` keeping `like`'s attributes and global infos."""
     import tvm
 
     return tvm.IRModule(functions, attrs=like.attrs, global_infos=like.global_infos)
@@ -359,7 +360,6 @@ def drop_unused_kernels(mod):
 def dedupe_kernels(mod):
     """Point every call of a PrimFunc structurally equal to an earlier one at that one (fused
     groups are separate functions even when a model repeats a block)."""
-    import tvm
     import tvm_ffi
     from tvm import relax, tirx
 
@@ -380,4 +380,4 @@ def dedupe_kernels(mod):
         return mod
     functions = {gv: (retarget_call_tir(f, redirect) if isinstance(f, relax.Function) else f)
                  for gv, f in mod.functions.items() if gv.name_hint not in redirect}
-    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+    return tvm_module(functions, mod)

@@ -87,6 +87,27 @@ def for_operand(isa: Isa | None, dtype: str) -> Isa | None:
     return None
 
 
+def _description(lanes: int, depth: int, operand: str):
+    """What every block intrinsic computes: C[lanes] += sum_k A[k] * B[lanes, k] (k < depth),
+    A of type `operand` broadcast across the lanes, B int8, C int32 (exact)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (depth,), operand, offset_factor=1)
+        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, depth):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+
+    return desc
+
+
 @cache
 def intrinsic(isa: Isa) -> str:
     """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < depth)."""
@@ -99,18 +120,7 @@ def intrinsic(isa: Isa) -> str:
     lanes = isa.lanes
     name = f"edlc_i16x2_{isa.kind}_{lanes}"
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (lanes, 2), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            for i, k in T.grid(lanes, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+    desc = _description(lanes, 2, "int16")
 
     vector = f"int16x{2 * lanes}"
     fused = isa.kind == "vnni"  # vpdpwssd adds into the accumulator itself
@@ -158,18 +168,7 @@ def _u8_intrinsic(isa: Isa) -> str:
     madd_w = "llvm.x86.avx512.pmaddw.d.512" if wide else "llvm.x86.avx2.pmadd.wd"
     dpbusd = isa.kind == "vnni"
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (depth,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
-            T.writes(C[0:lanes])
-            for i, k in T.grid(lanes, depth):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+    desc = _description(lanes, depth, "uint8")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -207,18 +206,7 @@ def _sdot_intrinsic(isa: Isa) -> str:
     name = f"edlc_i8x4_sdot_{lanes}"
     sdot = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (depth,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
-            T.writes(C[0:lanes])
-            for i, k in T.grid(lanes, depth):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
+    desc = _description(lanes, depth, "int8")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
