@@ -175,12 +175,39 @@ def _fuse_silu(b: Builder, m: Match) -> Value:
                 output_types=[mul.outputs[0].type], name=anchor.name)
 
 
+BIASED = ("Conv", "ConvTranspose", "Gemm", "edlc.Conv")  # ops whose third input is a bias
+
+
+def _check_biased(m: Match) -> str | None:
+    anchor = m.node("anchor")
+    out = anchor.outputs[0].type
+    if len(anchor.outputs) != 1 or out is None or not out.is_static:
+        return "shapes are not static"
+    return None if out.dtype in FLOAT_TYPES else f"{out.dtype} output (only float groups are fused)"
+
+
+def _wrap(b: Builder, m: Match) -> Value:
+    anchor = m.node("anchor")
+    body, external = _start_body(b.graph, anchor)
+    return b.op("edlc.fused", external, {"body": body, "kind": anchor.op},
+                output_types=[anchor.outputs[0].type], name=anchor.name)
+
+
+def bias_rule() -> Rule:
+    """An anchor that adds a bias but has no epilogue becomes a group of its own: lowered, its
+    bias is an add of its own, which would otherwise be a second kernel (and a second pass over
+    the output) behind it. MobileNetV2's projection convs without a residual are such."""
+    return Rule("fuse-bias", op(BIASED, var("x"), var("w"), var("bias"), name="anchor"),
+                check=_check_biased, rewrite=_wrap)
+
+
 @register_pass("fuse", "fuse conv/gemm/matmul with bias, activation and residual epilogues",
                min_opt_level=2)
 def fuse(graph: Graph) -> PassResult:
     stats = apply_rules(graph, fusion_rules())
     report = [str(r) for r in stats.rejected if r.node]
-    return PassResult(graph, stats.modified, report)
+    wrapped = apply_rules(graph, [bias_rule()])  # after every epilogue has joined its anchor
+    return PassResult(graph, stats.modified or wrapped.modified, report)
 
 
 __all__ = ["ANCHORS", "fuse", "fusion_rules", "inline_body"]

@@ -42,8 +42,10 @@ def test_resnet18_every_conv_is_fused_with_its_epilogues():
     # 17 convs followed by ReLU (8 of them through a residual add), the classifier with its bias
     assert kinds.count("Conv+Relu") == 9
     assert kinds.count("Conv+Add+Relu") == 8
-    # the three 1x1 downsample convs feed a residual add of another group: BN and bias folded
-    assert ops.count("Conv") == 3
+    # the three 1x1 downsample convs feed a residual add of another group: BN folded into a
+    # bias, which each adds in a group of its own (one kernel, not a conv and an add)
+    assert kinds.count("Conv") == 3
+    assert "Conv" not in ops
 
 
 def test_bert_has_layernorm_gelu_and_attention_recognized():

@@ -44,6 +44,24 @@ def test_conv_residual_relu_is_one_group_and_one_kernel(rng):
     assert unfused.manifest["kernels"] >= 1  # TVM may group them too; edlc's grouping is exact
 
 
+def test_conv_and_gemm_with_only_a_bias_are_one_kernel_each(rng):
+    """No epilogue, but a bias: lowered alone, the bias would be an add kernel of its own."""
+    w = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    fc = rng.standard_normal((4 * 10 * 10, 5)).astype(np.float32) * 0.1
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="project"),
+             helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], name="classifier")]
+    model = make_model(nodes, [tensor_info("x", [1, 8, 10, 10])], [tensor_info("y", [1, 5])],
+                       {"w": w, "b": rng.standard_normal(4).astype(np.float32), "fc": fc,
+                        "fb": rng.standard_normal(5).astype(np.float32)})
+    g, _ = _fuse(model)
+    assert [(n.qualified_op, n.attrs.get("kind")) for n in g.nodes] == [
+        ("edlc::fused", "Conv"), ("Flatten", None), ("edlc::fused", "Gemm")]
+    assert [v.name for v in g.outputs] == ["y"]
+    m = _check(g, model, {"x": rng.standard_normal((1, 8, 10, 10)).astype(np.float32)})
+    assert m.manifest["kernels"] == 2  # the conv and the gemm (Flatten is a view): no bias adds
+
+
 def test_matmul_bias_silu(rng):
     w = rng.standard_normal((16, 32)).astype(np.float32) * 0.2
     b = rng.standard_normal(32).astype(np.float32)
