@@ -58,6 +58,7 @@ class Plan:
     phase: tuple | None = None  # (padded buffer, stride) to store split by x % stride
     e_j: int = 1  # extents of the j and (candidate) i axes
     e_i: int = 1
+    depthwise: bool = False  # both factors carry j
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,19 @@ _SMALL_TILE_BYTES = 12 * 1024
 
 
 # a depthwise conv's taps (both factors carry j) are unrolled whole: each tap loads its own
-# input vectors, which need registers beside the accumulators. MobileNetV2's 3x3 depthwise
-# convs, one core on Zen 3: 8 accumulators 1.1-2x faster than 14
+# input vectors, which need registers beside the accumulators; and a j-tile as wide as 4
+# vectors reads whole pixels of a narrow NHWC tensor. MobileNetV2's 3x3 depthwise convs, one
+# core on Zen 3: 8 accumulators 1.1-2x faster than 14, and 4x2 mostly faster than 2x4
 _DEPTHWISE_MAX_ACC = 8
+
+
+def _budget(nv: int, cpu: CPU, depthwise: bool = False) -> int:
+    """The most accumulators a register tile of `nv` vectors over j may have. They share the
+    registers with the tile's weight vectors and a broadcast input: one more spills
+    accumulators every step (MobileNetV2's 1x1 convs with 2x7 accumulators run 1.3-1.5x slower
+    than with 2x4 on Zen 3, one core)."""
+    regs = cpu.vector_regs - nv - 1
+    return min(regs, _DEPTHWISE_MAX_ACC) if depthwise else regs
 
 
 def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
@@ -127,6 +138,12 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
                 if e_j % t == 0 and t // lanes <= regs // 2]
         if wide:
             return wide[0], 1
+    if depthwise:
+        # the most accumulators the budget allows, then the widest j-tile
+        options = [(t, divisors_desc(e_i, max(1, _budget(t // lanes, cpu, True) // (t // lanes)))[0])
+                   for t in (4 * lanes, 2 * lanes, lanes) if e_j % t == 0]
+        if options:
+            return max(options, key=lambda o: (o[0] // lanes * o[1], o[0]))
     tiles = [t for t in (2 * lanes, lanes) if e_j % t == 0]
     if not tiles:
         if e_j <= 2 * lanes:
@@ -142,10 +159,7 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
         cap = max_acc
         if nv >= 2 and t * e_r * 4 <= _SMALL_TILE_BYTES and not depthwise:
             cap = max(max_acc, min(regs - 2, 14))
-        # the accumulators, the j-tile's weight vectors and a broadcast input share the
-        # registers: one more spills accumulators every step (MobileNetV2's 1x1 convs with
-        # 2x7 accumulators: 1.3-1.5x slower than 2x4 on Zen 3, one core)
-        cap = min(cap, regs - nv - 1)
+        cap = min(cap, _budget(nv, cpu))
         xb = divisors_desc(e_i, max(1, cap // nv))[0]
         nacc = nv * xb
         score = (min(nacc, cap), nacc / (nv + xb))
@@ -162,7 +176,7 @@ def tile_options(p: Plan, cpu: CPU, limit: int = 4) -> list[tuple[int, int]]:
         if p.e_j % t:
             continue
         nv = t // cpu.lanes
-        for xb in divisors_desc(p.e_i, max(1, (cpu.vector_regs - 2) // nv)):
+        for xb in divisors_desc(p.e_i, max(1, _budget(nv, cpu, p.depthwise) // nv)):
             if (t, xb) != (p.T, p.Xb) and nv * xb >= 4:
                 options.append((nv * xb, t, xb))
                 break
@@ -244,9 +258,10 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
         [v for v in out if v != j]
     i = others[-1] if others else None
     e_i = ext[i] if i else 1
+    depthwise = owner is None and all(j in u for u in uses)
     if tiles is None or ext[j] % tiles[0] or e_i % tiles[1]:
         tiles = _choose_tiles(ext[j], e_i, cpu, math.prod(ext[v.name] for v in info.reduce),
-                              depthwise=owner is None and all(j in u for u in uses))
+                              depthwise)
     if tiles is None:
         return None
     t, xb = tiles
@@ -263,7 +278,8 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
         # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1 (made
         # once when compiling for a weight, else worth it where the i axis reuses it enough)
         pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
-    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i)
+    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i,
+                depthwise)
 
 
 def _j_innermost(ndim: int, dim: int, t: int):
