@@ -201,13 +201,53 @@ def bias_rule() -> Rule:
                 check=_check_biased, rewrite=_wrap)
 
 
+def _check_prologue(m: Match) -> str | None:
+    anchor, prologue = m.node("anchor"), m.node("prologue")
+    if _kind(anchor).split("+")[0] != "Conv":
+        return "only a conv reads its input through a padding copy the transpose joins"
+    moved = prologue.outputs[0]
+    if len(moved.users) != 1 or list(anchor.inputs).count(moved) != 1:
+        return f"the transposed '{moved.name}' has other readers"
+    out = moved.type
+    if out is None or not out.is_static or out.dtype not in FLOAT_TYPES:
+        return f"the transposed '{moved.name}' has type {out}"
+    return None
+
+
+def _prepend(b: Builder, m: Match) -> Value:
+    """The Transpose joins the group at its front: the conv's padding copy reads the input in
+    its own layout, instead of a kernel of its own writing it transposed first."""
+    anchor, prologue = m.node("anchor"), m.node("prologue")
+    body, external = _start_body(b.graph, anchor)
+    slot = next(k for k, v in enumerate(external) if v is prologue.outputs[0])
+    source = prologue.inputs[0]
+    inner = body.add_input(source.name, source.type)
+    moved = body.add_node("Transpose", [inner], dict(prologue.attrs), name=prologue.name,
+                          output_types=[prologue.outputs[0].type], before=body.nodes[0])
+    body.replace_all_uses(body.inputs[slot], moved.outputs[0])
+    body.inputs = [inner] + [v for k, v in enumerate(body.inputs[:-1]) if k != slot]
+    external = [source] + [v for k, v in enumerate(external) if k != slot]
+    return b.op("edlc.fused", external, {"body": body, "kind": f"Transpose+{_kind(anchor)}"},
+                output_types=[anchor.outputs[0].type], name=anchor.name)
+
+
+def prologue_rule() -> Rule:
+    """A conv group whose input is a Transpose (NCHW -> NHWC at -O3, as of the model's input)
+    reads it untransposed: one kernel and one pass over the input fewer."""
+    return Rule("fuse-transpose", op(("edlc.fused", "edlc.Conv"), op("Transpose", var("x"),
+                                                                     name="prologue"), ...,
+                                     name="anchor"),
+                check=_check_prologue, rewrite=_prepend)
+
+
 @register_pass("fuse", "fuse conv/gemm/matmul with bias, activation and residual epilogues",
                min_opt_level=2)
 def fuse(graph: Graph) -> PassResult:
     stats = apply_rules(graph, fusion_rules())
     report = [str(r) for r in stats.rejected if r.node]
     wrapped = apply_rules(graph, [bias_rule()])  # after every epilogue has joined its anchor
-    return PassResult(graph, stats.modified or wrapped.modified, report)
+    moved = apply_rules(graph, [prologue_rule()])
+    return PassResult(graph, stats.modified or wrapped.modified or moved.modified, report)
 
 
 __all__ = ["ANCHORS", "fuse", "fusion_rules", "inline_body"]

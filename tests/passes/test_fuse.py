@@ -62,6 +62,20 @@ def test_conv_and_gemm_with_only_a_bias_are_one_kernel_each(rng):
     assert m.manifest["kernels"] == 2  # the conv and the gemm (Flatten is a view): no bias adds
 
 
+def test_nhwc_conv_reads_the_model_input_through_its_padding_copy(rng):
+    """At -O3 the conv runs NHWC; the Transpose of the NCHW model input joins its group."""
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [1, 3, 16, 16])], [tensor_info("y", [1, 8, 8, 8])],
+                       {"w": w, "b": rng.standard_normal(8).astype(np.float32)})
+    g = PassManager(["layout", "fuse"], verify_each=True).run(edlc.load_onnx(model))
+    assert [(n.op, n.attrs.get("kind")) for n in g.nodes] == [
+        ("fused", "Transpose+Conv+Relu"), ("Transpose", None)]  # and the NHWC output back
+    m = _check(g, model, {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+    assert m.manifest["kernels"] == 2
+
+
 def test_matmul_bias_silu(rng):
     w = rng.standard_normal((16, 32)).astype(np.float32) * 0.2
     b = rng.standard_normal(32).astype(np.float32)
