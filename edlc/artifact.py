@@ -161,13 +161,22 @@ def read_artifact(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     if (d / PARAMS).is_file():
         try:
             with np.load(d / PARAMS, allow_pickle=False) as z:
-                params = {k: z[k] for k in z.files}
+                params = {k: _bfloat16(z[k]) for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise ArtifactError(f"{d / PARAMS}: unreadable weights ({e}); compile the model again") from e
     missing = [p for p in manifest.get("params", []) if p not in params]
     if missing:
         raise ArtifactError(f"{d / PARAMS}: weights {missing[:5]} listed in the manifest are missing")
     return manifest, params
+
+
+def _bfloat16(a: np.ndarray) -> np.ndarray:
+    """numpy stores ml_dtypes' bfloat16 as raw 2-byte records (V2): read them back as such."""
+    if a.dtype == np.dtype("V2"):
+        import ml_dtypes
+
+        return a.view(ml_dtypes.bfloat16)
+    return a
 
 
 def _check_manifest(d: Path, manifest: dict[str, Any]) -> None:

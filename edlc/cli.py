@@ -9,6 +9,7 @@
     edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N]
     edlc optimize MODEL [pass flags] -o opt.onnx
     edlc quantize MODEL --calib data.npz -o model.int8.onnx [--calib-method M] [--max-drop N]
+    edlc compile MODEL --quantize int8 --calib data.npz | --quantize fp16|bf16 [--exclude NODE] -o OUT
     edlc targets | passes
 
 Exit codes: 0 success, 2 bad input (`edlc: error: ...` on one line), 1 internal error.
@@ -247,7 +248,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             verify_each=args.verify_each, print_after=opts.print_after,
             target_options={"mcpu": args.mcpu, "mattr": args.mattr, "arch": args.arch},
             records=args.records, quantize=args.quantize, calibration=args.calib, sparsity=args.sparsity,
-            quantize_options=quantize_cli.options(args) if args.quantize == "int8" else None,
+            quantize_options=quantize_cli.options(args) if args.quantize == "int8" else
+            _half_options(args) if args.quantize else None,
             pass_records=records, aot=args.aot,
         )
     finally:  # timings help most when a later stage fails: print them either way
@@ -260,12 +262,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from edlc.passes.sparsity.report import format_summary
 
         print(format_summary(module.manifest["sparsity"]))
+    if module.manifest.get("precision"):
+        from edlc.passes.precision import format_summary as format_precision
+
+        print(format_precision(module.manifest["precision"]))
     print(f"compiled {args.model} -> {out} in {time.perf_counter() - t0:.1f} s "
           f"({module.manifest['kernels']} kernels, "
           f"{module.manifest.get('weight_tensors', len(module.manifest['params']))} weight tensors)")
     if getattr(module, "memory", None):  # a firmware project (microcontroller targets)
         print(_memory_report(module.memory))
     return 0
+
+
+def _half_options(args: argparse.Namespace) -> dict:
+    """`quantize_options` for --quantize fp16|bf16: --exclude and --accumulate."""
+    options: dict = {"node_block_list": args.exclude} if args.exclude else {}
+    if args.accumulate:
+        options["accumulate"] = args.accumulate
+    return options
 
 
 def _memory_report(memory: dict) -> str:
@@ -491,7 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bind an input's shape, e.g. input=1x3x224x224 (repeatable)")
     _pass_flags(c.add_argument_group("passes"))
     q = c.add_argument_group("compression")
-    q.add_argument("--quantize", choices=["int8", "fp16", "bf16"])
+    q.add_argument("--quantize", choices=["int8", "fp16", "bf16"],
+                   help="int8: post-training quantization (needs --calib); fp16, bf16: weights and "
+                        "activations in half precision, sums in float32, no calibration (--exclude "
+                        "keeps a node in float32)")
+    q.add_argument("--accumulate", choices=["float32", "float16"],
+                   help="what --quantize fp16 convs and matmuls sum in: float32 (default) or float16: "
+                        "faster where the CPU has float16 arithmetic (arm --mcpu cortex-a76, "
+                        "neoverse-n1 or --mattr +fp16; BERT 0.6x the instructions of float32), "
+                        "less accurate")
     q.add_argument("--calib", metavar="DATA.npz",
                    help="calibration inputs for --quantize int8 (and for the refit after --sparsity channel:R)")
     quantize_cli.add_flags(q)

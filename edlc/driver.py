@@ -175,7 +175,10 @@ def compile(
     whose `run` executes the built code. `pass_records` (a list) collects per-pass timing and
     reports, also when a later stage fails. `quantize="int8"` quantizes with `calibration`
     (an .npz path or an iterable of input dicts); `quantize_options` go to
-    `edlc.passes.quantize.quantize` (method, activations, max_drop, ...). `target_options` go
+    `edlc.passes.quantize.quantize` (method, activations, max_drop, ...); `quantize="fp16"` or
+    `"bf16"` runs weights and activations in half precision with no calibration
+    (`edlc.passes.precision`; options op_block_list, node_block_list, and accumulate="float16"
+    where the target computes in float16). `target_options` go
     to the target (mcpu, mattr, arch); `arch="sm_90"` is short for `target_options={"arch": ...}`
     (a GPU target's architecture). `sparsity="channel:0.5"` prunes with
     `edlc.passes.sparsity.sparsify`, given `sparsity_options` (per-layer `layers=`, `criterion=`,
@@ -191,6 +194,12 @@ def compile(
     if arch is not None:
         options["arch"] = arch
     tgt = get_target(target, **options)
+    half_options = dict(quantize_options or {}) if quantize in ("fp16", "bf16") else {}
+    accumulate = half_options.pop("accumulate", "float32")  # a lowering option, not the pass's
+    if quantize in ("fp16", "bf16"):
+        from edlc.lower.precision import check_target
+
+        check_target(tgt, quantize, accumulate)  # before any work: a target without such kernels says so
     if aot and tgt.mcu is None:
         from edlc.targets.standalone import standalone_target
 
@@ -215,11 +224,22 @@ def compile(
         from edlc.passes.quantize import quantize as quantize_int8
 
         graph, quant_report = quantize_int8(graph, calibration, **dict(quantize_options or {}))
+    precision: list = []
+    if quantize in ("fp16", "bf16"):  # a pass of the pipeline, placed before fusion
+        from edlc.pass_manager import default_pipeline
+        from edlc.passes.precision import pipeline_with
+
+        passes, precision = pipeline_with(
+            list(passes) if passes is not None else default_pipeline(opt_level), quantize,
+            half_options, disabled_passes)
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after,
                         pass_records)
-    reports = {"quantization": quant_report, "sparsity": sparsity_report}
+    if precision:
+        precision[-1].accumulate = accumulate
+    reports = {"quantization": quant_report, "sparsity": sparsity_report,
+               "precision": precision[-1] if precision else None}
     try:
-        lowered = lower(graph, tgt)
+        lowered = lower(graph, tgt, accumulate=accumulate)
         head = _manifest_head(lowered, tgt, name, digest, opt_level, reports)
         if tgt.mcu is not None or aot:  # a firmware project or a standalone program
             return _compile_firmware(lowered, tgt, name, head, records)
@@ -271,8 +291,11 @@ def _compile_firmware(lowered: LoweredModel, tgt: Target, name: str, manifest: d
 def _check_calibration(quantize: str | None, calibration: Any, sparsity_kind: str | None) -> None:
     from edlc.errors import InputError
 
-    if quantize not in (None, "int8"):
-        raise EdlcError(f"quantize='{quantize}' is not available in this version of edlc yet (int8 is)")
+    if quantize not in (None, "int8", "fp16", "bf16"):
+        raise EdlcError(f"quantize='{quantize}' is not one of int8, fp16, bf16")
+    if quantize in ("fp16", "bf16") and calibration is not None and sparsity_kind is None:
+        raise InputError(f"quantize='{quantize}' takes no calibration data (half precision "
+                         "needs no activation ranges); drop --calib / calibration=")
     if quantize == "int8" and calibration is None:
         raise InputError("quantize='int8' needs calibration data: an .npz file (--calib) or an "
                          "iterable of input dicts (calibration=...)")

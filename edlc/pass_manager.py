@@ -96,7 +96,7 @@ class PassRecord:
 class PassManager:
     """Runs passes in order; `fixed_point` repeats the whole list until nothing changes."""
 
-    passes: Sequence[str]
+    passes: Sequence[str | PassInfo]  # names, or passes with their options bound
     # EDLC_VERIFY_EACH=1 (the test suite sets it) verifies the graph after every pass everywhere
     verify_each: bool = field(default_factory=lambda: os.environ.get("EDLC_VERIFY_EACH") == "1")
     print_after: Iterable[str] = ()
@@ -112,7 +112,8 @@ class PassManager:
 
     def run(self, graph: Graph) -> Graph:
         disabled = set(self.disabled)
-        infos = [get_pass(n) for n in self.passes if n not in disabled]
+        infos = [n if isinstance(n, PassInfo) else get_pass(n) for n in self.passes
+                 if (n.name if isinstance(n, PassInfo) else n) not in disabled]
         print_after = set(self.print_after)
         for _ in range(self.max_iterations if self.fixed_point else 1):
             changed = False

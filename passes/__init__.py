@@ -15,6 +15,7 @@ from edlc.passes import (  # noqa: F401
     fuse,
     cleanup,
     sparsity,  # only when asked (prune-channels, --sparsity)
+    precision,  # only when asked (--quantize fp16|bf16)
 )
 # isort: on
 

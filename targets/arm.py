@@ -42,6 +42,11 @@ IMPLIED = {"cortex-a53": (), "cortex-a72": (), "cortex-a76": ("dotprod", "fp16")
            "neoverse-n1": ("dotprod", "fp16")}
 
 
+# LLVM's names where they differ (+fp16, armv8.2-a's half-precision arithmetic, is +fullfp16:
+# LLVM ignores "+fp16" with a warning)
+LLVM_MATTR = {"+fp16": "+fullfp16"}
+
+
 def _mattr(mattr: list[str] | str | None) -> list[str]:
     given = mattr.split(",") if isinstance(mattr, str) else list(mattr or [])
     out = ["+neon"]
@@ -63,7 +68,8 @@ def arm(mcpu: str | None = None, mattr: list[str] | str | None = None,
     if mcpu not in MCPUS:
         raise TargetError(f"target 'arm' does not know --mcpu {mcpu}; it takes {', '.join(MCPUS)}")
     attrs = _mattr(mattr)
-    tvm_target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": attrs,
+    tvm_target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu,
+                  "mattr": [LLVM_MATTR.get(a, a) for a in attrs],
                   "num-cores": int(num_cores or CORES[mcpu])}
     return Target("arm", tvm_target, cc=CC, runner=QEMU,
                   features={a[1:]: a in attrs or a[1:] in IMPLIED[mcpu] for a in MATTRS},
@@ -74,7 +80,8 @@ def qemu_cpu(tvm_target: Mapping[str, Any]) -> str:
     """QEMU's model of the board's CPU (`-cpu`), or "max" where --mattr asks for features that
     CPU lacks (or the CPU is not one QEMU knows)."""
     mcpu = tvm_target.get("mcpu")
-    extra = {a[1:] for a in tvm_target.get("mattr", ()) if a.startswith("+")} - {"neon"}
+    edlc_name = {v: k for k, v in LLVM_MATTR.items()}
+    extra = {edlc_name.get(a, a)[1:] for a in tvm_target.get("mattr", ()) if a.startswith("+")} - {"neon"}
     if mcpu in IMPLIED and extra <= set(IMPLIED[mcpu]):
         return mcpu
     return "max"

@@ -66,6 +66,7 @@ const DType kDTypes[] = {
     {"int64", "<i8", {kDLInt, 64, 1}},     {"uint8", "|u1", {kDLUInt, 8, 1}},
     {"uint16", "<u2", {kDLUInt, 16, 1}},   {"uint32", "<u4", {kDLUInt, 32, 1}},
     {"uint64", "<u8", {kDLUInt, 64, 1}},   {"bool", "|b1", {kDLBool, 8, 1}},
+    {"bfloat16", "|V2", {kDLBfloat, 16, 1}},  // numpy writes ml_dtypes' bfloat16 as raw V2
 };
 
 const DType* DTypeByName(const std::string& name) {

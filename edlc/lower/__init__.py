@@ -66,6 +66,8 @@ def _ensure_rules() -> None:
     # importing registers edlc's own rules
     import edlc.lower.attention  # noqa: F401
     import edlc.lower.fused  # noqa: F401
+    import edlc.lower.int8_attention  # noqa: F401
+    import edlc.lower.int8_norm  # noqa: F401
     import edlc.lower.layout  # noqa: F401
     import edlc.lower.normalization  # noqa: F401
     import edlc.lower.overrides  # noqa: F401
@@ -306,10 +308,11 @@ def _conform(ctx: LowerContext, node: Node, v: Value, e):
     return e
 
 
-def lower(graph: Graph, target: Target | None = None) -> LoweredModel:
+def lower(graph: Graph, target: Target | None = None, *, accumulate: str = "float32") -> LoweredModel:
     """Lower a graph to a Relax IRModule with `main(inputs..., params...)`. With a `target`,
     rules may pick a form its instructions suit (the int8 kernels' operand packing on aarch64
-    with dotprod); without one the lowering is target-neutral."""
+    with dotprod); without one the lowering is target-neutral. `accumulate` is the type
+    half-precision convs and matmuls sum in (edlc.lower.precision)."""
     from tvm import relax
 
     unsupported = unsupported_nodes(graph)
@@ -334,6 +337,10 @@ def lower(graph: Graph, target: Target | None = None) -> LoweredModel:
         ctx.bb.emit_func_output(out, params=input_vars + ctx.param_vars)
     mod = ctx.bb.get()
     mod["main"] = mod["main"].with_attr("num_input", len(input_vars))
+    from edlc.lower.precision import compute_in_float32, has_half
+
+    if has_half(graph):  # float16/bfloat16: sums and reductions in float32
+        mod = compute_in_float32(mod, accumulate)
     return LoweredModel(
         mod,
         [(v.name, v.type) for v in graph.inputs],

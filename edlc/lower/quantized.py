@@ -70,7 +70,7 @@ def _plain_acc(sub, node: Node, x, w, kind: str, x_zp: np.ndarray | None, w_zp: 
 
 
 def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np.ndarray | None,
-                target):
+                target, bias: np.ndarray | None = None):
     """int32 accumulator in the packed form (edlc.lower.int8_packed) with `depth` reduction
     steps per lane, or None where it does not apply (grouped convs, weights with a zero point,
     non-constant weights, symbolic shapes, a per-channel activation zero point)."""
@@ -112,11 +112,16 @@ def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np
     axis = 1 if kind == "conv" and out_layout == "NCHW" else len(xt.shape) - 1  # output channels
     if blocks != out:
         acc = sub.emit(relax.op.strided_slice(acc, axes=[axis], begin=[0], end=[out]))
+    corr = None
     if depth == packed.QUAD:
         zs = packed.quad_zero(xt.dtype, zp, operand)
         if zs != 0:
             corr = packed.quad_correction(w, kind, zs)
-            acc = sub.emit(relax.op.subtract(acc, _const_array(_channel(corr, len(xt.shape), axis))))
+    if bias is not None:  # the constant bias less the correction: one add per output
+        folded = (bias.astype(np.int64).reshape(-1) - (0 if corr is None else corr.astype(np.int64)))
+        return sub.emit(relax.op.add(acc, _const_array(_channel(folded.astype(np.int32), len(xt.shape), axis))))
+    if corr is not None:
+        acc = sub.emit(relax.op.subtract(acc, _const_array(_channel(corr, len(xt.shape), axis))))
     return acc
 
 
@@ -149,27 +154,36 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     sub = lc.bb
     with sub.function("f", attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp, ctx.target)
+            bias_const = _const(node, BIAS, "bias") if has_bias and node.inputs[BIAS].is_constant else None
+            acc = _packed_acc(sub, node, params[0], kind, x_zp, w_zp, ctx.target, bias_const)
             if acc is None:
                 acc = _plain_acc(sub, node, params[0], params[1], kind, x_zp, w_zp)
-            if has_bias:
+                bias_const = None
+            if has_bias and bias_const is None:
                 b = params[2]
                 if nchw_out:
                     b = sub.emit(relax.op.reshape(b, [1, -1, 1, 1]))
                 acc = sub.emit(relax.op.add(acc, b))
-            mult = bias_scale(x_scale, w_scale)
-            y = sub.emit(relax.op.multiply(relax.op.astype(acc, "float32"), const(_channel(mult, rank, axis))))
+            y = acc  # without scales, the int32 accumulator is the output (ConvInteger, MatMulInteger)
+            if x_scale is not None:
+                mult = bias_scale(x_scale, w_scale)
+                y = sub.emit(relax.op.multiply(relax.op.astype(acc, "float32"), const(_channel(mult, rank, axis))))
             lo, hi = node.attrs.get("clip_min"), node.attrs.get("clip_max")
             if lo is not None:
                 y = sub.emit(relax.op.maximum(y, const(np.float32(lo))))
             if hi is not None:
                 y = sub.emit(relax.op.minimum(y, const(np.float32(hi))))
-            if body is not None:
+            gelu_q = y_scale is not None and _lone_gelu(body)
+            if gelu_q:  # GELU and the quantization as one expression, one division
+                zp = y_zp if y_zp is not None else np.array(0, np.uint8)
+                y = sub.emit_te(gelu_quantize, y, const(np.float32(2 * np.float32(y_scale))),
+                                const(np.float32(zp)), str(zp.dtype), primfunc_name_hint="gelu_quantize")
+            elif body is not None:
                 lc.bind(body.inputs[0], y)
                 for n in body.nodes:
                     _lower_node(lc, n)
                 y = lc.expr(body.outputs[0])
-            if y_scale is not None:
+            if y_scale is not None and not gelu_q:
                 zp = y_zp if y_zp is not None else np.array(0, np.uint8)
                 qlo, qhi = QRANGE[str(zp.dtype)]
                 y = sub.emit(relax.op.round(relax.op.divide(y, const(np.float32(y_scale)))))
@@ -186,6 +200,51 @@ def _emit_int8(ctx: LowerContext, node: Node, inputs: list, kind: str):
     args = [x, w] + ([inputs[BIAS]] if has_bias else []) + list(inputs[EXTRA:]) + \
         [outer for _, outer in lc.captured]
     return ctx.emit(relax.Call(gv, args))
+
+
+def _lone_gelu(body) -> bool:
+    """Whether an epilogue is exactly GELU (erf form) of the int8 op's real value."""
+    if body is None or len(body.nodes) != 1 or len(body.inputs) != 1:
+        return False
+    n = body.nodes[0]
+    return n.op == "Gelu" and n.domain in ("", "edlc") and n.attrs.get("approximate", "none") == "none" and \
+        n.inputs[0] is body.inputs[0] and body.outputs[0] is n.outputs[0] and body.inputs[0].type.dtype == "float32"
+
+
+def gelu_quantize(y, two_scale, zp, dtype: str):
+    """TE: QuantizeLinear(GELU(y)) elementwise, with erf as edlc's fast form computes it
+    (edlc.schedules.fastmath: erf(z) = z p(z^2) / q(z^2), z = y / sqrt 2 clipped to [-4, 4]),
+    written so that one division serves both: GELU(y) / y_scale = y (q + z p) / (q * 2 y_scale).
+    Equal to GELU then the division by the scale but for float32 rounding; a division less per
+    element in the int8 epilogue that costs the most (BERT's FFN). `two_scale` (2 y_scale) and
+    `zp` are float32 tensors of one element (kernel parameters: layers that differ in them alone
+    share one kernel)."""
+    from tvm import te, tirx
+
+    from edlc.passes.quantize.params import QRANGE
+    from edlc.schedules.fastmath import _ERF_ALPHA, _ERF_BETA
+
+    f32 = "float32"
+
+    def c(v: float):
+        return tirx.const(v, f32)
+
+    qlo, qhi = QRANGE[dtype]
+
+    def f(*idx):
+        x = y[idx]
+        z = tirx.max(tirx.min(x * c(0.7071067811865476), c(4.0)), c(-4.0))
+        z2 = z * z
+        p = c(_ERF_ALPHA[0])
+        for a in _ERF_ALPHA[1:]:
+            p = p * z2 + c(a)
+        q = c(_ERF_BETA[0])
+        for b in _ERF_BETA[1:]:
+            q = q * z2 + c(b)
+        v = tirx.round(x * (q + z * p) / (q * two_scale[0])) + zp[0]
+        return tirx.max(tirx.min(v, c(float(qhi))), c(float(qlo))).astype(dtype)
+
+    return te.compute(y.shape, f, name="gelu_quantize")
 
 
 @register_lowering("qconv2d", "edlc")
@@ -261,3 +320,38 @@ def qlinear_matmul(ctx: LowerContext, node: Node, inputs: list):
     if b.type is None or b.type.rank != 2:
         raise LoweringError(f"node '{node.name}' (QLinearMatMul): only a 2-D B is supported")
     return _emit_int8(ctx, node, inputs, "matmul")
+
+
+@register_lowering("ConvInteger")
+def conv_integer(ctx: LowerContext, node: Node, inputs: list):
+    """A ConvInteger whose weight or weight zero point is computed at run time (the import-qdq
+    pass turns the others into edlc.qconv2d: edlc.passes.quantize.integer): int16 operands less
+    their zero points, int32 products and sums, zero padding; exact."""
+    from tvm import relax
+
+    from edlc.passes.layout import explicit_pads
+
+    x, w = node.inputs[0].type, node.inputs[1].type
+    if x is None or x.rank != 4 or w is None or w.rank != 4:
+        raise LoweringError(f"node '{node.name}' (ConvInteger): inputs 'x' and 'w' have ranks "
+                            f"{None if x is None else x.rank} and {None if w is None else w.rank}; only "
+                            "2-D convolutions (rank 4) are supported")
+    pads = explicit_pads(node, w.shape[2:])
+    if pads is None or any(isinstance(d, str) for d in w.shape[2:]):
+        raise LoweringError(f"node '{node.name}' (ConvInteger): auto_pad={node.attrs.get('auto_pad')} "
+                            f"needs static shapes; input 'x' has shape {list(x.shape)}")
+
+    def centered(v, zp, per_channel: bool):
+        v = ctx.emit(relax.op.astype(v, "int16"))
+        if zp is None:
+            return v
+        zp = ctx.emit(relax.op.astype(zp, "int16"))
+        if per_channel:  # a scalar, [1] or [M]: along the output channels
+            zp = ctx.emit(relax.op.reshape(zp, [-1, 1, 1, 1]))
+        return ctx.emit(relax.op.subtract(v, zp))
+
+    xi = centered(inputs[0], inputs[2] if len(inputs) > 2 else None, False)
+    wi = centered(inputs[1], inputs[3] if len(inputs) > 3 else None, True)
+    a = node.attrs
+    return ctx.emit(relax.op.nn.conv2d(xi, wi, a.get("strides", [1, 1]), pads, a.get("dilations", [1, 1]),
+                                       int(a.get("group", 1)), out_dtype="int32"))

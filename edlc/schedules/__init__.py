@@ -21,7 +21,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from edlc.schedules import contraction, elementwise, int8, reduction
+from edlc.schedules import contraction, elementwise, half, int8, reduction
 from edlc.schedules.analysis import (
     CPU,
     block_info,
@@ -30,6 +30,7 @@ from edlc.schedules.analysis import (
     root_blocks,
     unsupported_dtypes,
 )
+from edlc.schedules.bfloat16 import unroll_invariant_bf16_stores
 from edlc.schedules.fastmath import fast_math, without_lets
 from edlc.schedules.inline import inline_elementwise
 
@@ -88,7 +89,8 @@ def schedule_primfunc(func: tirx.PrimFunc, cpu: CPU) -> tirx.PrimFunc | None:
     sch = default_schedule(func, cpu)
     if sch is None:
         return None
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    func = half.drop_exact_casts(unroll_invariant_bf16_stores(sch.mod["main"]))
+    return func.with_attr("tirx.is_scheduled", True)
 
 
 def default_schedule(func: tirx.PrimFunc, cpu: CPU,
@@ -98,6 +100,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
     A `variant` fixes choices of the contraction rule (see `schedule_variants`)."""
     if unsupported_dtypes(func):
         return None
+    cpu = half.cpu_for(func, cpu)
     sch = s_tir.Schedule(fast_math(func))
     anchors = []
     for rv in root_blocks(sch):
@@ -124,6 +127,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
                 contraction.apply(trial, c, p, cpu, v.pad_redundancy)
             except Exception:  # noqa: BLE001  this anchor stays unscheduled
                 continue
+            trial = _widen_half(trial, name, cpu)
         sch, changed = trial, True
 
     for rv in _free_blocks(sch):
@@ -187,6 +191,15 @@ def _schedule_int8(sch: s_tir.Schedule, name: str, cpu: CPU) -> s_tir.Schedule |
     except Exception:  # noqa: BLE001  left to the general contraction rule
         return None
     return trial
+
+
+def _widen_half(sch: s_tir.Schedule, name: str, cpu: CPU) -> s_tir.Schedule:
+    """`sch` with the half operands of contraction `name` converted once per tile (float16 /
+    bfloat16 kernels summing in float32), or as it was where that does not apply."""
+    try:
+        return half.widen_half_operands(sch, name, cpu.lanes) or sch
+    except Exception:  # noqa: BLE001  keep the conversions in the inner loop
+        return sch
 
 
 def _free_blocks(sch: s_tir.Schedule) -> list:

@@ -26,11 +26,13 @@ class CPU:
     lanes: int  # fp32 lanes of one vector register
     vector_regs: int  # architectural vector registers
     cores: int  # threads the parallel loops should feed
-    features: frozenset = frozenset()  # the INT8_FEATURES the target has (int8 kernels)
+    features: frozenset = frozenset()  # the INT8_FEATURES and HALF_FEATURES the target has
 
 
 # features the int8 rule (edlc.schedules.int8) chooses its instruction by
 INT8_FEATURES = ("avx2", "avx512bw", "avx512vnni", "dotprod")
+# float16 arithmetic in vectors (edlc.schedules.half: twice the lanes for float16 kernels)
+HALF_FEATURES = ("fullfp16", "avx512fp16")
 
 
 def cpu_of(target: tvm.target.Target) -> CPU | None:
@@ -51,7 +53,7 @@ def cpu_of(target: tvm.target.Target) -> CPU | None:
         except Exception:  # noqa: BLE001  feature names differ across LLVM back ends
             return False
 
-    features = frozenset(f for f in INT8_FEATURES if has(f))
+    features = frozenset(f for f in (*INT8_FEATURES, *HALF_FEATURES) if has(f))
     if has("avx512f"):
         return CPU(16, 32, cores, features)
     if has("avx2") or has("avx"):
@@ -92,7 +94,7 @@ def is_expensive(expr) -> bool:
 # calls TVM 0.27 cannot lower once vectorized ("unknown intrinsic" at build time)
 _NO_VECTOR_CALLS = ("sinh", "cosh")
 # element types the vectorizer mishandles (bfloat16 is legalized after vectorization)
-_NO_SCHEDULE_DTYPES = ("bfloat16", "float8", "float6", "float4")
+_NO_SCHEDULE_DTYPES = ("float8", "float6", "float4")
 
 
 def vector_unsafe(expr) -> bool:

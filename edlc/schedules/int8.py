@@ -42,6 +42,7 @@ from edlc.schedules.contraction import (
 
 PAIR = 2
 QUAD = 4
+EPILOGUE_BLOCK_BYTES = 16384  # int32 accumulators a matmul keeps for one epilogue pass
 X86_KINDS = ("avx2", "avx512", "vnni")
 
 
@@ -87,14 +88,15 @@ def for_operand(isa: Isa | None, dtype: str) -> Isa | None:
     return None
 
 
-def _description(lanes: int, depth: int, operand: str):
+def _description(lanes: int, depth: int, operand: str, a_scope: str = "global"):
     """What every block intrinsic computes: C[lanes] += sum_k A[k] * B[lanes, k] (k < depth),
-    A of type `operand` broadcast across the lanes, B int8, C int32 (exact)."""
+    A of type `operand` broadcast across the lanes, B int8, C int32 (exact). A lies in
+    `a_scope` ("local": a buffer of the kernel's own, as P in edlc.lower.int8_attention)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (depth,), operand, offset_factor=1)
+        A = T.match_buffer(a, (depth,), operand, offset_factor=1, scope=a_scope)
         B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
@@ -109,14 +111,15 @@ def _description(lanes: int, depth: int, operand: str):
 
 
 @cache
-def intrinsic(isa: Isa) -> str:
-    """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < depth)."""
+def intrinsic(isa: Isa, a_scope: str = "global") -> str:
+    """Register (once) and name the tensor intrinsic C[T] += sum_k A[k] * B[T, k] (k < depth);
+    A in `a_scope` (the uint8 quad forms only)."""
     from tvm.script import tirx as T
 
     if isa.kind == "sdot":
         return _sdot_intrinsic(isa)
     if isa.unsigned:
-        return _u8_intrinsic(isa)
+        return _u8_intrinsic(isa, a_scope)
     lanes = isa.lanes
     name = f"edlc_i16x2_{isa.kind}_{lanes}"
 
@@ -152,7 +155,7 @@ def intrinsic(isa: Isa) -> str:
     return name
 
 
-def _u8_intrinsic(isa: Isa) -> str:
+def _u8_intrinsic(isa: Isa, a_scope: str = "global") -> str:
     """C[T] += sum_k A[k] * B[T, k] (k < 4; A uint8, B int8) on x86: the activation quad A
     broadcast to every int32 lane; `vpmaddubsw` (uint8 x int8 pairs summed into int16, exact
     while the pairs fit: edlc.lower.int8_packed.u8_pairs_fit) then `vpmaddwd` by ones (int16
@@ -160,7 +163,7 @@ def _u8_intrinsic(isa: Isa) -> str:
     from tvm.script import tirx as T
 
     lanes, depth = isa.lanes, isa.depth
-    name = f"edlc_u8x4_{isa.kind}_{lanes}"
+    name = f"edlc_u8x4_{isa.kind}_{lanes}" + ("" if a_scope == "global" else f"_{a_scope}")
     wide = isa.kind != "avx2"  # 512-bit registers
     vec = 16 if wide else 8  # int32 lanes of one register; a 16-lane AVX2 block takes two
     nbytes = vec * depth
@@ -168,11 +171,11 @@ def _u8_intrinsic(isa: Isa) -> str:
     madd_w = "llvm.x86.avx512.pmaddw.d.512" if wide else "llvm.x86.avx2.pmadd.wd"
     dpbusd = isa.kind == "vnni"
 
-    desc = _description(lanes, depth, "uint8")
+    desc = _description(lanes, depth, "uint8", a_scope)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (depth,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (depth,), "uint8", offset_factor=1, scope=a_scope)
         B = T.match_buffer(b, (lanes, depth), "int8", offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
@@ -327,14 +330,20 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU
     n_par = 1
     while n_par < len(outer) and math.prod(_extent(sch, lp) for lp in outer[:n_par]) < 4 * cpu.cores:
         n_par += 1
-    par = sch.fuse(*outer[:n_par]) if n_par > 1 else outer[0]
     rest = outer[n_par:]
+    if cpu.cores > 1 and math.prod(_extent(sch, lp) for lp in outer[:n_par]) > 1:
+        par = parallel_tasks(sch, outer[:n_par], cpu.cores)
+    else:
+        par = sch.fuse(*outer[:n_par]) if n_par > 1 else outer[0]
     tile = io if io is not None else (rest[-1] if rest else par)
-    if cpu.cores > 1 and _extent(sch, par) > 1:
-        sch.parallel(par)
-
+    at = tile
+    if io is not None and not rest and _extent(sch, io) * p.Xb * isa.lanes * 4 <= EPILOGUE_BLOCK_BYTES:
+        # the epilogue once per block of output channels, over all its rows: a loop that keeps
+        # its constants and the channels' scales in registers, where per register tile it
+        # reloaded them (the int32 block stays in L1)
+        at = par
     consumers = sch.get_consumers(rv)
-    epilogue = place_epilogue(sch, rv, tile, consumers[0] if len(consumers) == 1 else None)
+    epilogue = place_epilogue(sch, rv, at, consumers[0] if len(consumers) == 1 else None)
     j_dim = c.out_vars.index(p.j)
     if j_dim != len(c.out_vars) - 1:
         sch.transform_layout(rv, ("write", 0), _j_innermost(len(c.out_vars), j_dim, isa.lanes))
@@ -348,6 +357,30 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU
     _schedule_pack(sch, rv, cpu, isa.operand)
     probe = sch.copy()
     tensorize(probe, info.name, isa)
+
+
+def parallel_tasks(sch: s_tir.Schedule, loops: list, cores: int):
+    """Run the (adjacent, outermost first) `loops` in parallel as a few tasks, cores to twice
+    as many, each a serial loop over its share: the last loop is split into (tasks part,
+    serial part) and the tasks part fused with the loops before it. Returns the serial loop,
+    or, where no such split exists, the fused loop made parallel. TVM allocates a tile's local
+    buffers (the accumulator, the broadcast quad) through a workspace call in the body of the
+    loop that holds them and hoists that out of serial loops only: a parallel loop of many
+    iterations made those calls per iteration. (Splitting the fused loop instead would leave
+    bindings tensorize cannot take.)"""
+    if cores <= 1:  # one serial loop
+        return sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    head = math.prod(_extent(sch, lp) for lp in loops[:-1])
+    last = _extent(sch, loops[-1])
+    d = next((d for d in divisors_desc(last, last) if cores <= head * d <= 2 * cores), None)
+    if d is None or d == last:
+        par = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(par)
+        return par
+    lo, inner = sch.split(loops[-1], [d, None])
+    par = sch.fuse(*loops[:-1], lo) if len(loops) > 1 else lo
+    sch.parallel(par)
+    return inner
 
 
 def _schedule_pack(sch: s_tir.Schedule, rv, cpu: CPU, dtype: str) -> None:

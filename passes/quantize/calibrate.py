@@ -21,7 +21,8 @@ import numpy as np
 from edlc.errors import InputError
 from edlc.ir.graph import Graph
 from edlc.ir.types import numpy_dtype
-from edlc.passes.quantize.runner import Sample, run_samples
+from edlc.passes.quantize.layers import Layer
+from edlc.passes.quantize.runner import Runner, Sample, run_samples
 
 METHODS = ("minmax", "percentile", "entropy")
 BINS = 2048
@@ -191,5 +192,41 @@ def calibrate(graph: Graph, samples: Sequence[Sample], values: Sequence[str], me
     return out
 
 
-__all__ = ["METHODS", "Calibration", "calibrate", "entropy_range", "entropy_threshold",
+# ---- input means (for bias correction) -------------------------------------------------------
+def _window_means(x: np.ndarray, layer: Layer) -> np.ndarray:
+    """The mean of what each weight of `layer` multiplies: per input channel and kernel position
+    [C, KH, KW] over the (zero-padded) windows of a conv, per input feature [K] of a matmul."""
+    x = np.asarray(x, np.float64)
+    if layer.kind == "matmul":
+        return x.reshape(-1, x.shape[-1]).mean(axis=0)
+    kh, kw = layer.weight.shape[2:]
+    (sh, sw), (dh, dw) = layer.attrs.get("strides", [1, 1]), layer.attrs.get("dilations", [1, 1])
+    pads = layer.attrs.get("pads", [0, 0, 0, 0])
+    xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+    oh, ow = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty((x.shape[1], kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            out[:, i, j] = win.mean(axis=(0, 2, 3))
+    return out
+
+
+def input_means(graph: Graph, samples: Sequence[Sample], layers: Sequence[Layer]) -> dict[str, np.ndarray]:
+    """Per layer (by name), the mean over the samples of the inputs each weight multiplies
+    (`_window_means`): E[x] in the output error E[(w_q - w) x] that bias correction removes."""
+    inputs = {v.name for v in graph.inputs}
+    taps = list(dict.fromkeys(layer.input.name for layer in layers if layer.input.name not in inputs))
+    sums: dict[str, np.ndarray] = {}
+    run = Runner(graph, taps)
+    for sample in samples:
+        outs = run(sample)
+        for layer in layers:
+            x = sample[layer.input.name] if layer.input.name in inputs else outs[layer.input.name]
+            m = _window_means(x, layer)
+            sums[layer.name] = sums[layer.name] + m if layer.name in sums else m
+    return {name: m / len(samples) for name, m in sums.items()}
+
+
+__all__ = ["METHODS", "Calibration", "calibrate", "entropy_range", "entropy_threshold", "input_means",
            "load_calibration", "percentile_range"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edlc.ir.graph import Graph, Node, Value
-from edlc.passes.quantize.ops import EXTRA, QUANT_OPS, Y_SCALE, Y_ZP, quantized_output
+from edlc.passes.quantize.ops import EXTRA, QUANT_OPS, Y_SCALE, Y_ZP, int32_output, quantized_output
 
 UNARY = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Softplus", "Erf")
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -29,7 +29,8 @@ def _is(node: Node | None, op: str) -> bool:
 
 
 def _int8_op(node: Node | None) -> bool:
-    return node is not None and node.domain == "edlc" and node.op in QUANT_OPS
+    """An int8 op with a real-valued output (not the int32 accumulator of an integer op)."""
+    return node is not None and node.domain == "edlc" and node.op in QUANT_OPS and not int32_output(node)
 
 
 def _per_tensor_const(node: Node) -> bool:

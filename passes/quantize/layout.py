@@ -23,7 +23,7 @@ from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.ops import infer_types
 from edlc.ir.types import TensorType
 from edlc.pass_manager import PassResult, register_pass
-from edlc.passes.quantize.ops import EXTRA, NCHW_TO_NHWC, NHWC_TO_NCHW, X
+from edlc.passes.quantize.ops import EXTRA, NCHW_TO_NHWC, NHWC_TO_NCHW, X, int32_output
 
 NHWC = "NHWC"
 
@@ -43,7 +43,7 @@ def _static4(v: Value | None) -> bool:
 def _convertible(n: Node) -> bool:
     if _qpool(n):
         return n.attrs.get("layout", "NCHW") == "NCHW" and _static4(n.inputs[0])
-    if not _qconv(n) or int(n.attrs.get("group", 1)) != 1 or not _static4(n.inputs[X]) or \
+    if not _qconv(n) or int(n.attrs.get("group", 1)) != 1 or not _static4(n.inputs[X]) or int32_output(n) or \
             n.attrs.get("in_layout", "NCHW") != "NCHW" or n.attrs.get("out_layout", "NCHW") != "NCHW":
         return False
     body: Graph | None = n.attrs.get("epilogue")

@@ -10,6 +10,9 @@ for qmatmul too and an optional float output:
     real = clip(float32(acc) * (x_scale * w_scale))     per output channel; clip_min/clip_max
     y    = QuantizeLinear(real, y_scale, y_zp)          or `real` itself when y_scale is omitted
 
+Without x_scale and w_scale the output is `acc` itself, int32 (ConvInteger and MatMulInteger:
+edlc.passes.quantize.integer); there is then no y_scale, clip or epilogue.
+
 qconv2d's `in_layout` and `out_layout` ("NCHW", the default, or "NHWC") give its input's and
 output's layouts (edlc.passes.quantize.layout chooses NHWC between int8 convs); the weight stays
 OIHW. A fused ReLU or Clip is `clip_min`/`clip_max`. Weight scales are per output channel (Conv
@@ -48,7 +51,14 @@ def quantized_output(node: Node) -> bool:
     return _in(node, Y_SCALE) is not None
 
 
+def int32_output(node: Node) -> bool:
+    """Whether the op outputs its int32 accumulator (no scales: ConvInteger, MatMulInteger)."""
+    return _in(node, X_SCALE) is None
+
+
 def _out_dtype(node: Node) -> str:
+    if int32_output(node):
+        return "int32"
     if not quantized_output(node):
         return node.inputs[X_SCALE].type.dtype
     zp = _in(node, Y_ZP)
@@ -140,6 +150,8 @@ def requantize(node: Node, acc: np.ndarray, inputs: Sequence[np.ndarray | None],
     bias = inputs[BIAS] if len(inputs) > BIAS else None
     if bias is not None:
         acc = acc + _centered(bias, None).reshape(_channel_shape(bias.size, acc.ndim, channel_axis))
+    if inputs[X_SCALE] is None:
+        return acc.astype(np.int32)
     mult = bias_scale(inputs[X_SCALE], inputs[W_SCALE])
     mult = mult.reshape(_channel_shape(mult.size, acc.ndim, channel_axis)) if mult.ndim else mult
     real = acc.astype(np.float32) * mult
@@ -210,6 +222,16 @@ def _decompose(graph: Graph, node: Node, float_op: str, attrs: dict, w_axis: int
 
     def add(op: str, args: list, **kw) -> Value:
         return graph.add_node(op, args, kw, name=f"{node.name}.{op}", before=node).outputs[0]
+
+    if int32_output(node):  # the integer op itself, and the int32 bias
+        args = [ins[X], ins[W], ins[X_ZP], ins[W_ZP]]
+        while args[-1] is None:
+            args.pop()
+        y = add(f"{float_op}Integer", args, **attrs)
+        if ins[BIAS] is not None:
+            shape = [-1, 1, 1] if float_op == "Conv" else [-1]
+            y = add("Add", [y, graph.constant(ins[BIAS].const.reshape(shape), f"{node.name}.bias")])
+        return [y]
 
     def per_channel(v: Value) -> dict:
         return {"axis": w_axis} if v.type is not None and v.type.shape not in (None, ()) else {}
@@ -368,4 +390,4 @@ register_op("qmaxpool", "edlc", infer=_qmaxpool_type, reference=_qmaxpool_refere
                 "no padding tests in the vectorized loop")
 
 __all__ = ["BIAS", "CONV_ATTRS", "EXTRA", "NCHW_TO_NHWC", "NHWC_TO_NCHW", "layouts", "maxpool_window", "qmaxpool_supported", "QUANT_OPS", "W", "W_SCALE", "W_ZP", "X", "X_SCALE", "X_ZP",
-           "Y_SCALE", "Y_ZP", "conv2d_exact", "conv_geometry", "quantized_output", "requantize"]
+           "Y_SCALE", "Y_ZP", "conv2d_exact", "conv_geometry", "int32_output", "quantized_output", "requantize"]

@@ -138,6 +138,18 @@ def quantize_weight(w: np.ndarray, axis: int, pair_axis: int | None = None) -> t
     return q, p
 
 
+def output_shift(error: np.ndarray, means: np.ndarray, group: int = 1) -> np.ndarray:
+    """The mean output error per output channel that a weight error (`error`: w_q - w, OIHW or
+    [K, N]) causes on inputs whose means per weight position are `means` ([C, KH, KW] or [K]:
+    calibrate.input_means). Bias correction subtracts it from the bias."""
+    m = np.asarray(means, np.float64)
+    if error.ndim == 2:
+        return m @ error
+    o, cg = error.shape[:2]
+    e = error.reshape(group, o // group, cg, *error.shape[2:])
+    return np.einsum("gocij,gcij->go", e, m.reshape(group, cg, *m.shape[1:])).reshape(o)
+
+
 def bias_scale(x_scale: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
     """The scale of the int32 bias and of the accumulator: x_scale * w_scale in float32."""
     return (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
@@ -162,4 +174,4 @@ def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
 
 
 __all__ = ["ACT_DTYPES", "PAIR_QMAX", "QRANGE", "WEIGHT_RANGES", "conv_pair_axis", "pair_sums", "QParams", "activation_params", "bias_scale", "dequantize",
-           "quantize", "quantize_bias", "quantize_weight", "sqnr", "weight_params"]
+           "output_shift", "quantize", "quantize_bias", "quantize_weight", "sqnr", "weight_params"]

@@ -18,7 +18,13 @@ import numpy as np
 from edlc.errors import InputError
 from edlc.ir.graph import Graph
 from edlc.pass_manager import PassManager
-from edlc.passes.quantize.calibrate import METHODS, Calibration, calibrate, load_calibration
+from edlc.passes.quantize.calibrate import (
+    METHODS,
+    Calibration,
+    calibrate,
+    input_means,
+    load_calibration,
+)
 from edlc.passes.quantize.layers import Layer, find_layers
 from edlc.passes.quantize.params import ACT_DTYPES, WEIGHT_RANGES
 from edlc.passes.quantize.report import LayerReport, QuantReport
@@ -110,14 +116,17 @@ def _layer_reports(layers: Sequence[Layer], chosen: dict[str, LayerParams], err:
 def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
              percentile: float = 99.99, activations: str = "uint8", max_drop: float | None = None,
              min_sqnr: float | None = None, exclude: Sequence[str] = (),
-             max_samples: int | None = None, weights: str = "paired") -> tuple[Graph, QuantReport]:
+             max_samples: int | None = None, weights: str = "paired",
+             bias_correction: bool = True) -> tuple[Graph, QuantReport]:
     """Quantize `graph` to int8 with calibration data (an .npz path or an iterable of input
     dicts). `max_drop` (top-1 disagreement with float, in points) and `min_sqnr` (dB, worst
     output) return layers to float, worst first, until met. `weights="paired"` (the default)
     keeps every two weights that x86's uint8 x int8 multiply-add sums in int16 within range
     (params.weight_params), so the int8 kernels run on it exactly; "full" uses [-127, 127] per
-    channel (about a bit finer; those layers run the int16-pair kernels on AVX2). Returns the
-    graph and a report."""
+    channel (about a bit finer; those layers run the int16-pair kernels on AVX2); depthwise
+    convs always take the full range. `bias_correction` removes from each layer's bias the mean
+    output error its weight rounding causes on the calibration data. Returns the graph and a
+    report."""
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     if activations not in ACT_DTYPES:
@@ -135,6 +144,7 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
                          f"{[layer.name for layer in layers][:20]}")
     values = list(dict.fromkeys(n for layer in layers for n in (layer.input.name, layer.output.name)))
     ranges = calibrate(float_graph, samples, values, method, percentile, activations)
+    means = input_means(float_graph, samples, layers) if bias_correction else None
 
     outputs = [v.name for v in float_graph.outputs]
     taps = list(dict.fromkeys(values + outputs))
@@ -144,7 +154,7 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
     graph_inputs = {v.name for v in float_graph.inputs}
     while True:
         enabled = {layer.name for layer in layers} - excluded - set(fallbacks)
-        tapped_graph, chosen = build_quantized(float_graph, enabled, ranges, activations, taps, weights)
+        tapped_graph, chosen = build_quantized(float_graph, enabled, ranges, activations, taps, weights, means)
         err = measure(float_graph, tapped_graph, layers, samples, reference)
         reports = _layer_reports(layers, chosen, err, excluded, fallbacks, graph_inputs)
         worst_out = min((err.sqnr(o) for o in outputs), default=math.inf)
@@ -156,7 +166,8 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
             break
         fallbacks.append(max(candidates, key=lambda r: r.loss_db).name)
 
-    qgraph, chosen = build_quantized(float_graph, enabled, ranges, activations, weights=weights)
+    qgraph, chosen = build_quantized(float_graph, enabled, ranges, activations, weights=weights,
+                                     means=means)
     report = QuantReport(method, activations, len(samples), reports, left_float,
                          _constant_bytes(float_graph), _constant_bytes(qgraph),
                          {o: err.sqnr(o) for o in outputs},

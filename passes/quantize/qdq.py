@@ -2,7 +2,8 @@
 constant weight arrive through DequantizeLinear (and whose output, after an optional bias Add
 and ReLU/Clip, may be quantized again) becomes `edlc.qconv2d` / `edlc.qmatmul`, so it runs in
 int8 rather than on dequantized floats. It runs first, before constant folding would turn the
-dequantized weights into float constants. (QOperator QLinearConv/QLinearMatMul lower as is.)
+dequantized weights into float constants. (QOperator QLinearConv/QLinearMatMul lower as is;
+MatMulInteger and ConvInteger become the same ops here: edlc.passes.quantize.integer.)
 
     before: %x = DequantizeLinear(%xq, s, z); %w = DequantizeLinear(%w8, ws, 0)
             %y = Conv(%x, %w, %b); %r = Relu(%y); %q = QuantizeLinear(%r, ys, yz)
@@ -19,6 +20,7 @@ import numpy as np
 from edlc.ir.graph import Graph, Node, Value
 from edlc.pass_manager import PassResult, register_pass
 from edlc.passes.quantize.epilogue import fold_epilogues
+from edlc.passes.quantize.integer import import_integer_ops
 from edlc.passes.quantize.layers import _activation, _single_user
 from edlc.passes.quantize.params import bias_scale, quantize_bias
 from edlc.passes.quantize.rewrite import int8_maxpools
@@ -121,9 +123,9 @@ def _fold(graph: Graph, node: Node) -> bool:
 
 
 @register_pass("import-qdq", "run QDQ-quantized Conv/MatMul (DequantizeLinear -> op -> "
-               "QuantizeLinear) as int8 ops", min_opt_level=0)
+               "QuantizeLinear), MatMulInteger and ConvInteger as int8 ops", min_opt_level=0)
 def import_qdq(graph: Graph) -> PassResult:
-    changed = False
+    changed = import_integer_ops(graph)
     for node in list(graph.nodes):
         if node in graph.nodes and not node.domain and node.op in ("Conv", "MatMul"):
             changed |= _fold(graph, node)

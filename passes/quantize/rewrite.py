@@ -20,13 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from edlc.ir.graph import Graph, Node, Value
+from edlc.passes.quantize.attention import int8_attention
 from edlc.passes.quantize.epilogue import fold_epilogues, quantized_residuals
 from edlc.passes.quantize.layers import PASSTHROUGH, Layer, find_layers
+from edlc.passes.quantize.norm import fuse_norm_quantize
 from edlc.passes.quantize.ops import Y_SCALE, Y_ZP
 from edlc.passes.quantize.params import (
     QParams,
     activation_params,
     conv_pair_axis,
+    output_shift,
     quantize_bias,
     quantize_weight,
 )
@@ -76,8 +79,25 @@ def _consts(graph: Graph, p: QParams, name: str) -> tuple[Value, Value]:
     return graph.constant(p.scale, f"{name}.scale"), graph.constant(p.zero_point, f"{name}.zero_point")
 
 
+def layer_weight(layer: Layer, paired: bool = True, means: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, QParams, np.ndarray | None]:
+    """(int8 weight, its parameters, float bias) of a layer. Paired weights (params.weight_params)
+    only where a kernel may take them as uint8 x int8 quads: not grouped (depthwise) convs,
+    which run on int16 products. With `means` (calibrate.input_means) the bias is corrected for
+    the weight's rounding: the mean output error it causes on the calibration data is removed."""
+    group = int(layer.attrs.get("group", 1))
+    axis, pair_axis = (0, conv_pair_axis(layer.weight.shape)) if layer.kind == "conv" else (1, 0)
+    wq, pw = quantize_weight(layer.weight, axis, pair_axis if paired and group == 1 else None)
+    bias = layer.bias
+    if means is not None:
+        shift = output_shift(pw.dequantize(wq).astype(np.float64) - layer.weight, means, group)
+        bias = -shift if bias is None else bias - shift
+    return wq, pw, bias
+
+
 def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
-                   quantized_inputs: dict[int, tuple[Value, QParams]], paired: bool = True) -> QParams:
+                   quantized_inputs: dict[int, tuple[Value, QParams]], paired: bool = True,
+                   means: np.ndarray | None = None) -> QParams:
     before = layer.anchor
     x = layer.anchor.inputs[0]  # an earlier rewrite may have replaced `layer.input`
     key = id(x)
@@ -86,12 +106,11 @@ def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
         q = graph.add_node("QuantizeLinear", [x, s, z], name=f"{x.name}.quantize", before=before)
         quantized_inputs[key] = (q.outputs[0], pin)
     xq = quantized_inputs[key][0]
-    axis, pair_axis = (0, conv_pair_axis(layer.weight.shape)) if layer.kind == "conv" else (1, 0)
-    wq, pw = quantize_weight(layer.weight, axis, pair_axis if paired else None)
+    wq, pw, bias = layer_weight(layer, paired, means)
     ins = [xq, *_consts(graph, pin, f"{layer.name}.x"), graph.constant(wq, f"{layer.name}.weight_int8"),
            *_consts(graph, pw, f"{layer.name}.w"), *_consts(graph, pout, f"{layer.name}.y")]
-    if layer.bias is not None:
-        ins.append(graph.constant(quantize_bias(layer.bias, pin.scale, pw.scale), f"{layer.name}.bias_int32"))
+    if bias is not None:
+        ins.append(graph.constant(quantize_bias(bias, pin.scale, pw.scale), f"{layer.name}.bias_int32"))
     attrs = dict(layer.attrs)
     lo, hi = layer.clip
     if lo is not None:
@@ -235,10 +254,11 @@ def remove_dead(graph: Graph) -> None:
 
 
 def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[float, float]],
-                    act_dtype: str = "uint8", taps: Sequence[str] = (), weights: str = "paired"
-                    ) -> tuple[Graph, dict[str, LayerParams]]:
+                    act_dtype: str = "uint8", taps: Sequence[str] = (), weights: str = "paired",
+                    means: Mapping[str, np.ndarray] | None = None) -> tuple[Graph, dict[str, LayerParams]]:
     """A copy of `graph` with the `enabled` layers in int8. Values named in `taps` become extra
-    graph outputs first, so they keep a float view in the result (for accuracy checks)."""
+    graph outputs first, so they keep a float view in the result (for accuracy checks). `means`
+    (calibrate.input_means, per layer) turns on bias correction (`layer_weight`)."""
     g = graph.copy()
     named = {v.name: v for v in g.values()}
     for t in taps:
@@ -251,23 +271,33 @@ def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[
     for layer in layers:
         if layer.name in plan:
             pin, pout = plan[layer.name]
-            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs, weights == "paired")
+            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs, weights == "paired",
+                                None if means is None else means.get(layer.name))
             chosen[layer.name] = LayerParams(pin, pw, pout)
     while sink_dequantize(g) | fold_requantize(g):
         remove_dead(g)
     float_outputs(g)
     remove_dead(g)
+    int8_attention(g, ranges)
+    remove_dead(g)
     int8_maxpools(g)
     quantized_residuals(g)
     fold_epilogues(g)
     remove_dead(g)
+    fuse_norm_quantize(g)
     for n in g.nodes:
         if n.domain == "edlc" and n.name.endswith(".int8"):
             base = n.name[: -len(".int8")]
-            if base in chosen and (len(n.inputs) <= Y_SCALE or n.inputs[Y_SCALE] is None):
+            if base not in chosen:
+                continue
+            if len(n.inputs) <= Y_SCALE or n.inputs[Y_SCALE] is None:
                 chosen[base].output = None
+            elif n.inputs[Y_SCALE].is_constant and n.inputs[Y_ZP] is not None and n.inputs[Y_ZP].is_constant:
+                # the parameters the output got (int8_attention quantizes K and V its own way)
+                chosen[base].output = QParams(np.asarray(n.inputs[Y_SCALE].const, np.float32),
+                                              np.asarray(n.inputs[Y_ZP].const))
     return g, chosen
 
 
-__all__ = ["LayerParams", "build_quantized", "fold_requantize", "float_outputs", "int8_maxpools", "plan_params",
+__all__ = ["LayerParams", "build_quantized", "fold_requantize", "float_outputs", "int8_maxpools", "layer_weight", "plan_params",
            "remove_dead", "sink_dequantize"]

@@ -104,9 +104,9 @@ def test_optimize_writes_onnx_that_onnxruntime_runs(small_resnet, tmp_path, caps
 
 def test_later_stage_options_are_refused_clearly(small_resnet, tmp_path, capsys):
     base = ["compile", str(small_resnet), "-o", str(tmp_path / "o")]
-    assert main([*base, "--quantize", "fp16"]) == 2
+    assert main([*base, "--quantize", "fp16", "--calib", str(tmp_path / "c.npz")]) == 2
     assert main([*base, "--aot"]) == 2
     assert main([*base, "--arch", "sm_90"]) == 2
     err = capsys.readouterr().err
-    assert "quantize='fp16' is not available" in err and "--aot" in err and "does not take option(s) arch" in err
+    assert "quantize='fp16' takes no calibration data" in err and "--aot" in err and "does not take option(s) arch" in err
     assert not (tmp_path / "o").exists()

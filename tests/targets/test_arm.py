@@ -38,7 +38,7 @@ def test_arm_target_and_its_options():
     assert (t.cc, t.runner) == ("aarch64-linux-gnu-gcc", "qemu-aarch64")
     t = get_target("arm", mcpu="neoverse-n1", mattr="+dotprod,i8mm,+fp16")
     assert t.tvm["mcpu"] == "neoverse-n1"
-    assert t.tvm["mattr"] == ["+neon", "+dotprod", "+i8mm", "+fp16"]
+    assert t.tvm["mattr"] == ["+neon", "+dotprod", "+i8mm", "+fullfp16"]  # LLVM's name for +fp16
     assert t.features == {"neon": True, "dotprod": True, "i8mm": True, "fp16": True}
     # the CPU's own features count without --mattr (cortex-a76 has dotprod, cortex-a72 not)
     assert get_target("arm", mcpu="cortex-a76").features["dotprod"]

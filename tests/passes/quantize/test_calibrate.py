@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+from onnx import helper
 
 import edlc
 from edlc.errors import InputError
 from edlc.passes.quantize.calibrate import (
     calibrate,
     entropy_threshold,
+    input_means,
     load_calibration,
     percentile_range,
 )
@@ -64,3 +66,48 @@ def test_load_calibration_checks_samples(rng):
         load_calibration({"x": np.zeros((1, 1, 16, 16))}, g)
     (s,) = load_calibration([{"x": np.zeros((1, 1, 16, 16))}], g)
     assert s["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["conv", "matmul"])
+def test_bias_correction_keeps_the_mean_output(rng, kind):
+    """The corrected bias makes the int8 weight's mean output per channel on the calibration
+    data the float weight's: input_means (windows of a padded, strided, grouped conv) times
+    the weight error is exactly the shift to remove."""
+    from edlc.passes.quantize.layers import find_layers
+    from edlc.passes.quantize.rewrite import layer_weight
+    from tests.conftest import make_model, ort_run, tensor_info
+
+    if kind == "conv":
+        shape, w = [1, 4, 7, 7], rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=2, strides=[2, 2],
+                                pads=[1, 0, 0, 1], name="layer")
+        out, b = [1, 6, 3, 4], rng.standard_normal(6).astype(np.float32)
+    else:
+        shape, w = [2, 3, 5], rng.standard_normal((5, 4)).astype(np.float32)
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="layer")
+        out, b = [2, 3, 4], None
+
+    def model(weight, bias):
+        inits = {"w": weight, **({"b": bias} if bias is not None else {})}
+        return make_model([node], [tensor_info("x", shape)], [tensor_info("y", out)], inits)
+
+    samples = [{"x": (np.abs(rng.standard_normal(shape)) + 0.5).astype(np.float32)} for _ in range(4)]
+    g = edlc.load_onnx(model(w, b))
+    (layer,), _ = find_layers(g)
+    means = input_means(g, samples, [layer])[layer.name]
+    wq, pw, bias = layer_weight(layer, means=means)
+    _, _, plain = layer_weight(layer)
+    wd = pw.dequantize(wq)
+    axes = (0, 2, 3) if kind == "conv" else (0, 1)
+
+    def mean_out(m):
+        return np.mean([ort_run(m, s)["y"] for s in samples], axis=0).mean(axis=axes)
+
+    want = mean_out(model(w, b))
+    if kind == "matmul":  # a MatMul has no bias input: compare with the shift added after it
+        got = mean_out(model(wd, None)) + bias
+        before = mean_out(model(wd, None))
+    else:
+        got, before = mean_out(model(wd, bias.astype(np.float32))), mean_out(model(wd, plain))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(before - want).max() > 10 * np.abs(got - want).max()

@@ -57,5 +57,7 @@ def test_quantize_needs_calibration(rng):
         edlc.compile(model, quantize="int8")
     with pytest.raises(InputError, match="only used with"):
         edlc.compile(model, calibration=[{"x": np.zeros((1, 1, 16, 16), np.float32)}])
-    with pytest.raises(EdlcError, match="fp16"):
-        edlc.compile(model, quantize="fp16")
+    with pytest.raises(InputError, match="takes no calibration"):
+        edlc.compile(model, quantize="fp16", calibration=[{"x": np.zeros((1, 1, 16, 16), np.float32)}])
+    with pytest.raises(EdlcError, match="int4"):
+        edlc.compile(model, quantize="int4")

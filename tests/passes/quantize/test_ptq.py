@@ -79,3 +79,26 @@ def test_bad_options(cnn_and_samples):
         quantize(g, samples, method="mse")
     with pytest.raises(InputError, match="no quantizable layers named"):
         quantize(g, samples, exclude=["nope"])
+
+
+def test_depthwise_weights_take_the_full_range(rng):
+    """Pairs only matter to the uint8 x int8 quad kernels, which grouped convs never take:
+    a depthwise conv's weights use all of [-127, 127], the pointwise conv's stay paired."""
+    from onnx import helper
+
+    from edlc.lower.int8_packed import u8_pairs_fit
+    from tests.conftest import make_model, tensor_info
+
+    # every two neighbouring taps large: the paired range would cost the depthwise conv a bit
+    dw = np.tile(np.array([1.0, 1.0, -1.0], np.float32), (8, 1, 3, 1)) * rng.uniform(0.5, 1.5, (8, 1, 1, 1))
+    pw = rng.standard_normal((8, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["d"], group=8, pads=[1, 1, 1, 1], name="depthwise"),
+             helper.make_node("Relu", ["d"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "pw"], ["y"], name="pointwise")]
+    model = make_model(nodes, [tensor_info("x", [1, 8, 6, 6])], [tensor_info("y", [1, 8, 6, 6])],
+                       {"dw": dw.astype(np.float32), "pw": pw})
+    g8, report = quantize(edlc.load_onnx(model), samples_for(rng, (1, 8, 6, 6)))
+    weights = {n.name: n.inputs[3].const for n in g8.nodes if n.op == "qconv2d"}
+    assert np.all(np.abs(weights["depthwise.int8"]).max(axis=(1, 2, 3)) == 127)
+    assert not u8_pairs_fit(weights["depthwise.int8"], 3)
+    assert u8_pairs_fit(weights["pointwise.int8"]) and report.sqnr_db > 30

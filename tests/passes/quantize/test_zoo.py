@@ -1,8 +1,10 @@
-"""int8 SQNR against float on the zoo models (small input sizes; 32 random inputs each, which
-also serve as calibration data), with the default paired weight range and the residuals read
-quantized. The floors guard against regressions (ResNet-18 and the BERT-style encoder at 25 dB
-or more); the figures print with `pytest -s`. Measured at full size (224x224, seq 128, 32
-inputs) in the quantization notes."""
+"""int8 SQNR against float on the zoo models (32 random inputs each, which also serve as
+calibration data), with the default paired weight range and the residuals read quantized. The
+requirement is 25 dB: ResNet-18 and the BERT-style encoder meet it at small sizes, MobileNetV2
+at its own size (224x224). At 32x32 its last seven blocks run on 1x1 and 2x2 maps and the
+random network amplifies quantization noise by 8-10 dB (3 dB at 224x224; ResNet-18 attenuates
+it), so int8 everywhere tops out near 22 dB there: that case only guards against regressions.
+The figures print with `pytest -s`."""
 
 import pytest
 
@@ -11,13 +13,14 @@ from edlc.passes.quantize import quantize
 from edlc.testing.zoo import bert_encoder, mobilenet_v2, random_inputs, resnet18
 
 MODELS = [
-    ("resnet18", lambda: resnet18(image=32), 28.0),
-    ("mobilenet_v2", lambda: mobilenet_v2(image=32), 17.0),
-    ("bert", lambda: bert_encoder(seq=16, layers=2), 30.0),
+    pytest.param("resnet18", lambda: resnet18(image=32), 28.0, id="resnet18"),
+    pytest.param("mobilenet_v2", lambda: mobilenet_v2(image=32), 20.0, id="mobilenet_v2"),
+    pytest.param("mobilenet_v2-224", mobilenet_v2, 25.0, id="mobilenet_v2-224", marks=pytest.mark.slow),
+    pytest.param("bert", lambda: bert_encoder(seq=16, layers=2), 30.0, id="bert"),
 ]
 
 
-@pytest.mark.parametrize("name,make,floor", MODELS, ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize("name,make,floor", MODELS)
 def test_zoo_int8_sqnr(name, make, floor):
     model = make()
     samples = [random_inputs(model, seed=i) for i in range(32)]
