@@ -72,8 +72,9 @@ def lower_by_decomposition(ctx: LowerContext, node: Node, inputs: list):
     args = [body.add_input(v.name, v.type) for v in node.inputs if v is not None]
     it = iter(args)
     copy = body.add_node(node.op, [None if v is None else next(it) for v in node.inputs],
-                         dict(node.attrs), output_types=[v.type for v in node.outputs],
-                         name=node.name, domain=node.domain)
+                         dict(node.attrs), num_outputs=len(node.outputs),
+                         output_types=[v.type for v in node.outputs], name=node.name,
+                         domain=node.domain)
     body.outputs = op_def(node.op, node.domain).decompose(body, copy)
     body.remove_node(copy)
     return emit_primitive(ctx, body, [e for e in inputs if e is not None], node.name)

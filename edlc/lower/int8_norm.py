@@ -102,23 +102,6 @@ def schedule(func, cores: int, float_output: bool):
     return sch.mod["main"]
 
 
-def _by_decomposition(ctx: LowerContext, node: Node, inputs: list):
-    """LayerNormalization and QuantizeLinear (the op's decomposition) as one fused kernel."""
-    from edlc.ir.graph import Graph
-    from edlc.ir.ops import op_def
-    from edlc.lower.fused import emit_primitive
-
-    body = Graph(f"{node.name}.body", ctx.graph.opset)
-    args = [body.add_input(v.name, v.type) for v in node.inputs if v is not None]
-    it = iter(args)
-    copy = body.add_node(node.op, [None if v is None else next(it) for v in node.inputs], dict(node.attrs),
-                         num_outputs=len(node.outputs), output_types=[v.type for v in node.outputs],
-                         name=node.name, domain=node.domain)
-    body.outputs = op_def(node.op, node.domain).decompose(body, copy)
-    body.remove_node(copy)
-    return emit_primitive(ctx, body, [e for e in inputs if e is not None], node.name)
-
-
 @register_lowering("qlayernorm", "edlc")
 def qlayernorm(ctx: LowerContext, node: Node, inputs: list):
     from tvm import relax, te
@@ -133,7 +116,9 @@ def qlayernorm(ctx: LowerContext, node: Node, inputs: list):
     consts = [node.inputs[i] for i in (SCALE, Y_SCALE, Y_ZP)] + \
         ([node.inputs[BIAS]] if len(node.inputs) > BIAS and node.inputs[BIAS] is not None else [])
     if axis != rank - 1 or not xt.is_static or any(not v.is_constant for v in consts) or xt.dtype != "float32":
-        return _by_decomposition(ctx, node, inputs)
+        from edlc.lower.fused import lower_by_decomposition
+
+        return lower_by_decomposition(ctx, node, inputs)  # LayerNorm, QuantizeLinear: one kernel
     float_output = bool(node.attrs.get("float_output", 0))
     shape = [int(d) for d in xt.shape]
     has_bias = len(node.inputs) > BIAS and node.inputs[BIAS] is not None
