@@ -15,7 +15,7 @@ import pytest
 from .generate import DEFAULT_DIR, generate
 from .runner import counts, run_suite, summary
 
-FLOOR = 1303  # raise as support grows; only goes up
+FLOOR = 1309  # raise as support grows; only goes up
 WORKERS = int(os.environ.get("EDLC_CONFORMANCE_WORKERS", "2"))
 
 
