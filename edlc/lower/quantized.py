@@ -222,7 +222,7 @@ def gelu_quantize(y, two_scale, zp, dtype: str):
     from tvm import te, tirx
 
     from edlc.passes.quantize.params import QRANGE
-    from edlc.schedules.fastmath import _ERF_ALPHA, _ERF_BETA
+    from edlc.schedules.fastmath import erf_fraction
 
     f32 = "float32"
 
@@ -234,14 +234,8 @@ def gelu_quantize(y, two_scale, zp, dtype: str):
     def f(*idx):
         x = y[idx]
         z = tirx.max(tirx.min(x * c(0.7071067811865476), c(4.0)), c(-4.0))
-        z2 = z * z
-        p = c(_ERF_ALPHA[0])
-        for a in _ERF_ALPHA[1:]:
-            p = p * z2 + c(a)
-        q = c(_ERF_BETA[0])
-        for b in _ERF_BETA[1:]:
-            q = q * z2 + c(b)
-        v = tirx.round(x * (q + z * p) / (q * two_scale[0])) + zp[0]
+        num, q = erf_fraction(z)  # erf(z) = num / q
+        v = tirx.round(x * (q + num) / (q * two_scale[0])) + zp[0]
         return tirx.max(tirx.min(v, c(float(qhi))), c(float(qlo))).astype(dtype)
 
     return te.compute(y.shape, f, name="gelu_quantize")

@@ -152,14 +152,14 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
             tiles = [d for d in divisors_desc(e_j, 2 * lanes) if d >= max(2, lanes // 2)][:1]
     if not tiles:
         return None
-    max_acc = min(regs // 2 + 2, _DEPTHWISE_MAX_ACC) if depthwise else regs // 2 + 2
+    max_acc = regs // 2 + 2
     best, best_score = None, None
     for t in tiles:
         nv = -(-t // lanes)
         cap = max_acc
-        if nv >= 2 and t * e_r * 4 <= _SMALL_TILE_BYTES and not depthwise:
+        if nv >= 2 and t * e_r * 4 <= _SMALL_TILE_BYTES:
             cap = max(max_acc, min(regs - 2, 14))
-        cap = min(cap, _budget(nv, cpu))
+        cap = min(cap, _budget(nv, cpu, depthwise))
         xb = divisors_desc(e_i, max(1, cap // nv))[0]
         nacc = nv * xb
         score = (min(nacc, cap), nacc / (nv + xb))

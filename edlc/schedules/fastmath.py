@@ -35,16 +35,23 @@ def _let(value, body_of):
     return tirx.Let(var, value, body_of(var))
 
 
+def erf_fraction(z):
+    """(z p(z^2), q(z^2)): erf(z) as their quotient, for z already clipped to [-4, 4]. Given
+    apart so that a caller dividing anyway (the int8 GELU epilogue) needs one division."""
+    z2 = z * z
+    p = _c(_ERF_ALPHA[0])
+    for a in _ERF_ALPHA[1:]:
+        p = p * z2 + _c(a)
+    q = _c(_ERF_BETA[0])
+    for b in _ERF_BETA[1:]:
+        q = q * z2 + _c(b)
+    return z * p, q
+
+
 def fast_erf_f32(x):
     def body(x):
-        x2 = x * x
-        p = _c(_ERF_ALPHA[0])
-        for a in _ERF_ALPHA[1:]:
-            p = p * x2 + _c(a)
-        q = _c(_ERF_BETA[0])
-        for b in _ERF_BETA[1:]:
-            q = q * x2 + _c(b)
-        return x * p / q
+        num, den = erf_fraction(x)
+        return num / den
 
     return _let(tirx.max(tirx.min(x, _c(4.0)), _c(-4.0)), body)
 
