@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each per round")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--calib", type=int, default=32, help="random calibration inputs")
+    ap.add_argument("--weights", default=None, choices=["twins"],
+                    help="int8 weight range (passes/quantize/params.py); twins: matmul weights "
+                         "whose 4-groups the AVX2 twin kernels add in 16 bits (about -1.6 dB)")
     args = ap.parse_args()
     set_tvm_threads(args.threads)
     print(f"x86, {args.threads} threads, {os.cpu_count()} CPUs; ms as min / median over {args.rounds} "
@@ -78,10 +81,11 @@ def bench_model(name: str, args: argparse.Namespace) -> str:
     model = ZOO[name]()
     samples = [random_inputs(model, shapes=shapes, seed=i) for i in range(args.calib)]
     inputs = samples[0]
-    g8, report = quantize(edlc.load_onnx(model, shapes), samples)
+    options = {"weights": args.weights} if args.weights else {}
+    g8, report = quantize(edlc.load_onnx(model, shapes), samples, **options)
     fp32 = edlc.compile(model, input_shapes=shapes)
     int8 = edlc.compile(edlc.load_onnx(model, shapes), input_shapes=shapes, quantize="int8",
-                        calibration=samples)
+                        calibration=samples, quantize_options=options)
     sess = ort_session(g8.to_onnx(), args.threads)
     got, want = int8.run(inputs), fp32.run(inputs)
     agree = min(sqnr(want[k], got[k]) for k in want)

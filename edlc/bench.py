@@ -329,10 +329,11 @@ def kernel_flops(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     from edlc.lower import lower, pipeline
     from edlc.target import get_target
 
-    graph, _ = optimize(import_model(model, input_shapes), opt_level)
+    tgt = get_target(target)
+    graph, _ = optimize(import_model(model, input_shapes), opt_level, target=tgt)
     lowered = lower(graph)
     with tvm.transform.PassContext(opt_level=3 if opt_level > 0 else 0):
-        mod = pipeline.fuse(lowered.mod, get_target(target).tvm_target())
+        mod = pipeline.fuse(lowered.mod, tgt.tvm_target())
     flops = {gv.name_hint: pipeline.estimate_flops(f) for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc)}
     return {name: n for name, n in flops.items() if n is not None}

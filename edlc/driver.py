@@ -91,8 +91,9 @@ def import_model(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | N
 def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = None,
              disabled: Iterable[str] = (), verify_each: bool = False,
              print_after: Iterable[str] = (),
-             records: list | None = None) -> tuple[Graph, PassManager]:
-    """Run the pass pipeline for `opt_level` (or an explicit list) on the graph. `records`, if
+             records: list | None = None, target: Target | None = None) -> tuple[Graph, PassManager]:
+    """Run the pass pipeline for `opt_level` (or an explicit list) on the graph; with a
+    `target`, the pipeline leaves out passes made for other kinds of target. `records`, if
     given, receives a PassRecord per pass run as it finishes (kept even if a later pass fails)."""
     options: dict[str, Any] = {"print_after": print_after, "disabled": disabled}
     if verify_each:
@@ -100,7 +101,7 @@ def optimize(graph: Graph, opt_level: int = 2, passes: Sequence[str] | None = No
     if records is not None:
         options["records"] = records
     pm = PassManager(passes, **options) if passes is not None else \
-        PassManager.for_opt_level(opt_level, **options)
+        PassManager.for_opt_level(opt_level, target, **options)
     return pm.run(graph), pm
 
 
@@ -230,10 +231,10 @@ def compile(
         from edlc.passes.precision import pipeline_with
 
         passes, precision = pipeline_with(
-            list(passes) if passes is not None else default_pipeline(opt_level), quantize,
+            list(passes) if passes is not None else default_pipeline(opt_level, tgt), quantize,
             half_options, disabled_passes)
     graph, _ = optimize(graph, opt_level, passes, disabled_passes, verify_each, print_after,
-                        pass_records)
+                        pass_records, tgt)
     if precision:
         precision[-1].accumulate = accumulate
     reports = {"quantization": quant_report, "sparsity": sparsity_report,

@@ -38,6 +38,8 @@ class PassInfo:
     description: str
     min_opt_level: int  # in the default pipeline from this level on; 99 = only when asked
     fixed_point: bool = False  # run this pass repeatedly until it changes nothing
+    # the kinds of target ("cpu", "cuda", "mcu") whose default pipeline has it; None: all
+    devices: tuple[str, ...] | None = None
 
 
 _PASSES: dict[str, PassInfo] = {}
@@ -46,12 +48,15 @@ _DEFAULT_ORDER: list[str] = []
 
 
 def register_pass(name: str, description: str, min_opt_level: int = 99,
-                  fixed_point: bool = False) -> Callable[[PassFn], PassFn]:
+                  fixed_point: bool = False,
+                  devices: tuple[str, ...] | None = None) -> Callable[[PassFn], PassFn]:
     """Register `fn` under `name`; it joins the default pipeline at `min_opt_level` and up,
-    in registration order. `fixed_point` passes are repeated until they change nothing."""
+    in registration order, for the kinds of target in `devices` (all when None). `fixed_point`
+    passes are repeated until they change nothing."""
 
     def deco(fn: PassFn) -> PassFn:
-        _PASSES[name] = PassInfo(name, fn, description, min_opt_level, fixed_point)
+        _PASSES[name] = PassInfo(name, fn, description, min_opt_level, fixed_point,
+                                 tuple(devices) if devices is not None else None)
         if name not in _DEFAULT_ORDER:
             _DEFAULT_ORDER.append(name)
         return fn
@@ -75,11 +80,22 @@ def get_pass(name: str) -> PassInfo:
     return _PASSES[name]
 
 
-def default_pipeline(opt_level: int) -> list[str]:
+def device_kind(target) -> str:
+    """"mcu", "cuda" or "cpu": the kind of an edlc Target, as PassInfo.devices names it."""
+    if getattr(target, "mcu", None) is not None:
+        return "mcu"
+    return target.device
+
+
+def default_pipeline(opt_level: int, target=None) -> list[str]:
+    """The passes of `opt_level`, for `target` (an edlc Target) when given: passes made for
+    other kinds of target are left out (with no target, none is)."""
     if not 0 <= opt_level <= 3:
         raise EdlcError(f"opt level must be 0..3, got {opt_level}")
     _ensure_passes()
-    return [n for n in _DEFAULT_ORDER if _PASSES[n].min_opt_level <= opt_level]
+    kind = device_kind(target) if target is not None else None
+    return [n for n in _DEFAULT_ORDER if _PASSES[n].min_opt_level <= opt_level
+            and (kind is None or _PASSES[n].devices is None or kind in _PASSES[n].devices)]
 
 
 @dataclass
@@ -107,8 +123,8 @@ class PassManager:
     records: list[PassRecord] = field(default_factory=list)
 
     @classmethod
-    def for_opt_level(cls, opt_level: int, **kwargs) -> PassManager:
-        return cls(default_pipeline(opt_level), **kwargs)
+    def for_opt_level(cls, opt_level: int, target=None, **kwargs) -> PassManager:
+        return cls(default_pipeline(opt_level, target), **kwargs)
 
     def run(self, graph: Graph) -> Graph:
         disabled = set(self.disabled)

@@ -99,7 +99,7 @@ def extract(model: Any, target: Any = "x86", input_shapes: Mapping[str, Sequence
     unsupported = unsupported_nodes(graph)
     if unsupported:
         raise UnsupportedOpError(unsupported)
-    graph, _ = optimize(graph, opt_level)
+    graph, _ = optimize(graph, opt_level, target=tgt)
     tvm_target = tgt.tvm_target()
     try:
         mod = pipeline.fuse(lower(graph, tgt).mod, tvm_target)

@@ -13,6 +13,8 @@ from edlc.passes import (  # noqa: F401
     fold_batchnorm,
     layout,
     fuse,
+    winograd,  # after fuse: it splits a conv group into input transform, product, output group
+    pointwise,  # after fuse: a 1x1 conv group becomes a matmul group between reshapes
     cleanup,
     sparsity,  # only when asked (prune-channels, --sparsity)
     precision,  # only when asked (--quantize fp16|bf16)

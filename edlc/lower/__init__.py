@@ -74,6 +74,7 @@ def _ensure_rules() -> None:
     import edlc.lower.quantized  # noqa: F401
     import edlc.lower.rules  # noqa: F401
     import edlc.lower.sparse  # noqa: F401
+    import edlc.lower.winograd  # noqa: F401
 
 
 @dataclass

@@ -106,6 +106,9 @@ def _packed_acc(sub, node: Node, x, kind: str, x_zp: np.ndarray | None, w_zp: np
         acc = sub.emit_te(packed.conv_acc, x, _const_array(packed.pack_conv_weight(w, depth)), zp,
                           int(w.shape[1]), strides, pads, dil, blocks, depth, operand, in_layout, out_layout,
                           primfunc_name_hint="qconv_acc")
+    elif depth == packed.QUAD and operand == xt.dtype == "uint8" and packed.twin_form(target, w):
+        acc = sub.emit_te(packed.matmul_acc_twins, x, _const_array(packed.pack_matmul_twins(w)), blocks,
+                          primfunc_name_hint="qmatmul_acc")
     else:
         acc = sub.emit_te(packed.matmul_acc, x, _const_array(packed.pack_matmul_weight(w, depth)), zp,
                           int(w.shape[0]), blocks, depth, operand, primfunc_name_hint="qmatmul_acc")

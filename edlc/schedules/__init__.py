@@ -21,7 +21,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from edlc.schedules import contraction, elementwise, half, int8, reduction
+from edlc.schedules import contraction, elementwise, half, int8, reduction, winograd
 from edlc.schedules.analysis import (
     CPU,
     block_info,
@@ -102,6 +102,8 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
         return None
     cpu = half.cpu_for(func, cpu)
     sch = s_tir.Schedule(fast_math(func))
+    if winograd.blocks(sch):  # a Winograd transform (and its fused epilogue): its own rule
+        return sch if winograd.apply(sch, cpu) else None
     anchors = []
     for rv in root_blocks(sch):
         c = contraction.match(sch, rv)
@@ -121,7 +123,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
                 rv = trial.get_sblock(name)
                 c = contraction.match(trial, rv)
                 v = variant or contraction.Variant()
-                p = contraction.plan(c, cpu, v.tiles) if c is not None else None
+                p = contraction.plan(c, cpu, v.tiles, v.rows_outer) if c is not None else None
                 if p is None:
                     continue
                 contraction.apply(trial, c, p, cpu, v.pad_redundancy)

@@ -59,6 +59,7 @@ class Plan:
     e_j: int = 1  # extents of the j and (candidate) i axes
     e_i: int = 1
     depthwise: bool = False  # both factors carry j
+    rows_outer: bool = False  # j-tiles inside the other output loops (the input read once)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Variant:
 
     tiles: tuple[int, int] | None = None
     pad_redundancy: float | None = None
+    rows_outer: bool | None = None
 
 
 def _strip_cast(e):
@@ -121,7 +123,7 @@ def _budget(nv: int, cpu: CPU, depthwise: bool = False) -> int:
     registers with the tile's weight vectors and a broadcast input: one more spills
     accumulators every step (MobileNetV2's 1x1 convs with 2x7 accumulators run 1.3-1.5x slower
     than with 2x4 on Zen 3, one core)."""
-    regs = cpu.vector_regs - nv - 1
+    regs = cpu.vector_regs - nv - 2
     return min(regs, _DEPTHWISE_MAX_ACC) if depthwise else regs
 
 
@@ -144,7 +146,7 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
                    for t in (4 * lanes, 2 * lanes, lanes) if e_j % t == 0]
         if options:
             return max(options, key=lambda o: (o[0] // lanes * o[1], o[0]))
-    tiles = [t for t in (2 * lanes, lanes) if e_j % t == 0]
+    tiles = [t for t in (3 * lanes, 2 * lanes, lanes) if e_j % t == 0]
     if not tiles:
         if e_j <= 2 * lanes:
             tiles = [e_j]
@@ -153,6 +155,10 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
     if not tiles:
         return None
     max_acc = regs // 2 + 2
+    # a one-vector tile loads a broadcast per accumulator, so it runs below what its
+    # accumulator count suggests: a tile of several vectors with 6 or more accumulators goes
+    # first. MobileNetV2's 144->24 1x1 conv on 56x56, one core on Zen 3: 3 vectors x 2 rows
+    # 0.34 ms, 1 vector x 8 rows 0.41-0.47 ms
     best, best_score = None, None
     for t in tiles:
         nv = -(-t // lanes)
@@ -162,7 +168,7 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
         cap = min(cap, _budget(nv, cpu, depthwise))
         xb = divisors_desc(e_i, max(1, cap // nv))[0]
         nacc = nv * xb
-        score = (min(nacc, cap), nacc / (nv + xb))
+        score = (nv > 1 and nacc >= 6, min(nacc, cap), nacc / (nv + xb))
         if best_score is None or score > best_score:
             best, best_score = (t, xb), score
     return best
@@ -172,7 +178,7 @@ def tile_options(p: Plan, cpu: CPU, limit: int = 4) -> list[tuple[int, int]]:
     """Register tiles other than the plan's worth measuring: whole vectors over j, a divisor
     of i's extent over i, and at most as many accumulators as registers leave room for."""
     options = []
-    for t in (cpu.lanes, 2 * cpu.lanes, 4 * cpu.lanes):
+    for t in (cpu.lanes, 2 * cpu.lanes, 3 * cpu.lanes, 4 * cpu.lanes):
         if p.e_j % t:
             continue
         nv = t // cpu.lanes
@@ -219,7 +225,8 @@ def _stride(factor, var: str) -> tuple | None:
     return None
 
 
-def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan | None:
+def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None,
+         rows_outer: bool | None = None) -> Plan | None:
     """Choose the vector axis j, the register axis i and their tiles.
 
     j, in order of preference: the output's innermost axis if one factor reads it contiguously
@@ -259,9 +266,12 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
     i = others[-1] if others else None
     e_i = ext[i] if i else 1
     depthwise = owner is None and all(j in u for u in uses)
-    if tiles is None or ext[j] % tiles[0] or e_i % tiles[1]:
-        tiles = _choose_tiles(ext[j], e_i, cpu, math.prod(ext[v.name] for v in info.reduce),
-                              depthwise)
+    e_r = math.prod(ext[v.name] for v in info.reduce)
+    ragged = False
+    if i is not None and not depthwise:
+        tiles, ragged = _ragged_tiles(ext[j], e_i, cpu, e_r, tiles)
+    if tiles is None or ext[j] % tiles[0] or (e_i % tiles[1] and not ragged):
+        tiles = _choose_tiles(ext[j], e_i, cpu, e_r, depthwise)
     if tiles is None:
         return None
     t, xb = tiles
@@ -278,8 +288,54 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
         # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1 (made
         # once when compiling for a weight, else worth it where the i axis reuses it enough)
         pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
+    if owner is None or (pack is not None and pack[0].name not in c.weights):
+        rows_outer = False  # a tile packed inside the kernel is packed once per j-tile
+    elif rows_outer is None:
+        rows_outer = _input_outweighs_weight(c.factors[1 - owner], c.factors[owner], ext[j] // t)
     return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i,
-                depthwise)
+                depthwise, rows_outer)
+
+
+# input rows a block of the rows-outer order reads (see `apply`): half of a 32 KiB L1
+_ROW_BLOCK_BYTES = 16 * 1024
+
+
+# Zen 3's L2 per core; a smaller L2 (Cortex-A: 256-512 KiB) only moves the point where the
+# rows-outer order starts paying off
+_L2_BYTES = 512 * 1024
+
+
+def _bytes(factor) -> int:
+    load = _strip_cast(factor)
+    if not isinstance(load, Load):
+        return 0
+    return math.prod(int(d) for d in load.source.shape) * load.source.dtype.bits // 8
+
+
+def _input_outweighs_weight(inputs, weight, j_tiles: int) -> bool:
+    """Whether the j-tiles should run inside the other output loops: the default order (j-tiles
+    outermost) reads the whole input once per j-tile, from L3 where it does not fit L2; rows
+    outermost reads each input row once and the weight once per row instead, which wins when
+    the weight stays in L2 and the input does not."""
+    return j_tiles > 1 and _bytes(inputs) > _L2_BYTES // 2 and _bytes(weight) <= _L2_BYTES // 4
+
+
+def _ragged_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int,
+                  tiles: tuple[int, int] | None) -> tuple[tuple[int, int] | None, bool]:
+    """The register tile (`tiles` where it fits j) and whether its last block of rows is
+    partial: where no block of two vectors divides the rows (a 1x1 conv over 7x7 = 49 pixels),
+    2 vectors x 4 rows with a partial last block beat one vector x 7 rows (MobileNetV2's 7x7
+    1x1 convs, one core on Zen 3: 0.19-0.50 vs 0.21-0.56 ms)."""
+    if tiles is not None and not e_j % tiles[0]:
+        return tiles, bool(e_i % tiles[1] and e_i >= 4 * tiles[1])
+    best = _choose_tiles(e_j, e_i, cpu, e_r)
+    if best is not None and best[0] <= cpu.lanes and not e_j % (2 * cpu.lanes) \
+            and e_i >= 4 * _RAGGED_ROWS:
+        return (2 * cpu.lanes, _RAGGED_ROWS), bool(e_i % _RAGGED_ROWS)
+    return best, False
+
+
+_RAGGED_ROWS = 4
 
 
 def _j_innermost(ndim: int, dim: int, t: int):
@@ -405,18 +461,28 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
     # iteration packs its tile once and reuses it across all the others
     pack_vars = set() if p.pack is None else set(p.pack[2])
     order = [v for v in c.out_vars if v != p.i]
-    if p.pack is not None:
+    if p.rows_outer:
+        order = [v for v in order if v != p.j] + [p.j]
+    elif p.pack is not None:
         order = [v for v in order if v == p.j or v in pack_vars] + \
             [v for v in order if v != p.j and v not in pack_vars]
     outer = [jo if v == p.j else loop[v] for v in order]
+    if p.rows_outer and io is not None:
+        # blocks of rows outside the j-tiles, each a few KiB of input that stays in L1 while
+        # every j-tile reads it (a matrix product has no image rows to do that)
+        e_r = math.prod(_extent(sch, loop[v.name]) for v in info.reduce)
+        per = max(1, _ROW_BLOCK_BYTES // (4 * e_r * p.Xb))
+        if per < _extent(sch, io):
+            block, io = sch.split(io, [None, per])
+            outer.insert(len(outer) - 1, block)
     reduce = [loop[v.name] for v in info.reduce]
     sch.reorder(*outer, *([io] if io is not None else []), *reduce,
                 *([ii] if ii is not None else []), ji)
     n_pack = sum(1 for v in order if v == p.j or v in pack_vars) if p.pack else len(outer)
     # parallelize the fewest outer loops that give every core a few iterations
-    n_par = n_pack
-    while n_par < len(outer) and math.prod(_extent(sch, lp) for lp in outer[:n_par]) \
-            < 4 * cpu.cores:
+    n_par = 1 if p.rows_outer else n_pack
+    while n_par < len(outer) - p.rows_outer and math.prod(
+            _extent(sch, lp) for lp in outer[:n_par]) < 4 * cpu.cores:
         n_par += 1
     par = sch.fuse(*outer[:n_par]) if n_par > 1 else outer[0]
     rest = outer[n_par:]
@@ -448,12 +514,15 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
         elif len(pack_loops) == len(buffer.shape):
             sch.vectorize(pack_loops[-1])
 
+    # padding per tile of rows: above the j-tiles where they run inside the rows
+    inner_rows = rest[:-1] if p.rows_outer else rest
+    pad_at = inner_rows[-1] if inner_rows else par
     for producer in sch.get_producers(rv):
         block = sch.get(producer)
         if (len(sch.get_consumers(producer)) == 1 and isinstance(block.body, tirx.BufferStore)
                 and has_if_then_else(block.body.value) and len(sch.get_loops(producer)) > 0
                 and all(iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars)):
-            _place_padding(sch, producer, rest[-1] if rest else par,
+            _place_padding(sch, producer, pad_at,
                            _MAX_PAD_REDUNDANCY if pad_redundancy is None else pad_redundancy)
 
     if p.phase is not None:
@@ -472,10 +541,20 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
     if j_dim != len(c.out_vars) - 1:
         sch.transform_layout(rv, ("write", 0), _j_innermost(len(c.out_vars), j_dim, p.T))
 
-    sch.vectorize(ji)
+    _vectorize(sch, ji, cpu.lanes)
     if ii is not None:
         sch.unroll(ii)
     sch.decompose_reduction(rv, reduce[0])
     below = loops_below(sch, epilogue, tile)
     if below and 1 < _extent(sch, below[-1]) <= 64 and not vector_unsafe(sch.get(epilogue).body):
-        sch.vectorize(below[-1])
+        _vectorize(sch, below[-1], cpu.lanes)
+
+
+def _vectorize(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize `loop`; a tile of 3 vectors as 3 unrolled vectors: LLVM widens a 24-lane
+    vector to 32 lanes, and 12 such accumulators spill (20x slower)."""
+    n = _extent(sch, loop)
+    if n > lanes and n % lanes == 0 and n & (n - 1):
+        outer, loop = sch.split(loop, [None, lanes])
+        sch.unroll(outer)
+    sch.vectorize(loop)

@@ -14,7 +14,10 @@ block sign-extended to int16; `vpmaddwd` + `vpaddd`, or VNNI's `vpdpwssd`. uint8
 four for 16), or VNNI's `vpdpbusd`. On AVX2 a quad tile is the whole 16-channel block (two
 registers per row, each broadcast feeding two multiply-adds) when at least 3 rows fit in
 registers, except for stride-1 windows with 8 rows, whose neighbouring rows share broadcasts
-already. Exact int32 sums either way, as the IR reference computes them.
+already. Exact int32 sums either way, as the IR reference computes them. Twin quads (AVX2
+matmuls whose weights the quantizer kept in the "twins" range: edlc.lower.int8_packed.
+matmul_acc_twins) take two quads per step: two `vpmaddubsw` added in int16 (`vpaddw`) before
+one `vpmaddwd` by ones, three multiplies for 64 products where two quads take four.
 
 On aarch64 with the dot-product extension the blocks are 16 x 4 int8 quads (the lowering packs
 them so: `edlc.lower.int8_packed.depth_for`): four `sdot`s, each adding four int8 x int8
@@ -55,6 +58,7 @@ class Isa:
     registers: int
     depth: int = PAIR  # reduction steps per int32 lane: int16 pairs, or int8 quads for sdot
     unsigned: bool = False  # x86 quads: a uint8 activation x int8 weights (vpmaddubsw, vpdpbusd)
+    twin: bool = False  # AVX2 quads: two quads' int16 sums added before widening (u8_twins_fit)
 
     @property
     def operand(self) -> str:
@@ -118,6 +122,8 @@ def intrinsic(isa: Isa, a_scope: str = "global") -> str:
 
     if isa.kind == "sdot":
         return _sdot_intrinsic(isa)
+    if isa.twin:
+        return _u8_twin_intrinsic(isa)
     if isa.unsigned:
         return _u8_intrinsic(isa, a_scope)
     lanes = isa.lanes
@@ -200,6 +206,61 @@ def _u8_intrinsic(isa: Isa, a_scope: str = "global") -> str:
     return name
 
 
+def _u8_twin_intrinsic(isa: Isa) -> str:
+    """C[T] += sum_{q, k} A[4q + k] * B[q, T, k] (q < 2, k < 4; A uint8, B int8) on x86
+    without VNNI: two activation quads broadcast, `vpmaddubsw` of each with its weight block,
+    the two int16 results added (`vpaddw`), then one `vpmaddwd` by ones and `vpaddd`: five
+    instructions, three of them multiplies, for 64 products where two single quads take six,
+    four of them multiplies. Exact while each int16 lane's four products fit:
+    255 * (|w0| + |w1| + |w2| + |w3|) <= 32767 (edlc.lower.int8_packed.u8_twins_fit)."""
+    from tvm.script import tirx as T
+
+    lanes = isa.lanes
+    name = f"edlc_u8x2x4_{isa.kind}_{lanes}"
+    wide = isa.kind != "avx2"
+    vec = 16 if wide else 8
+    nbytes = vec * QUAD
+    madd_ub = "llvm.x86.avx512.pmaddubs.w.512" if wide else "llvm.x86.avx2.pmadd.ub.sw"
+    madd_w = "llvm.x86.avx512.pmaddw.d.512" if wide else "llvm.x86.avx2.pmadd.wd"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2 * QUAD,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (2, lanes, QUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2 * QUAD], B[0:2, 0:lanes, 0:QUAD])
+            T.writes(C[0:lanes])
+            for i, q, k in T.grid(lanes, 2, QUAD):
+                with T.sblock("update"):
+                    vi, vq, vk = T.axis.remap("SRR", [i, q, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vq * QUAD + vk]) * T.Cast("int32", B[vq, vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2 * QUAD,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (2, lanes, QUAD), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2 * QUAD], B[0:2, 0:lanes, 0:QUAD])
+            T.writes(C[0:lanes])
+            q0 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), vec),
+                               dtype=f"uint8x{nbytes}")
+            q1 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([QUAD], "uint8x4"), dtype="int32"), vec),
+                               dtype=f"uint8x{nbytes}")
+            for h in T.unroll(lanes // vec):
+                C[T.ramp(h * vec, 1, vec)] = C.vload([h * vec], f"int32x{vec}") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(madd_w),
+                    T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(madd_ub), q0,
+                                            B.vload([0, h * vec, 0], f"int8x{nbytes}"), dtype=f"int16x{2 * vec}")
+                    + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(madd_ub), q1,
+                                              B.vload([1, h * vec, 0], f"int8x{nbytes}"), dtype=f"int16x{2 * vec}"),
+                    T.broadcast(T.int16(1), 2 * vec), dtype=f"int32x{vec}")
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
 def _sdot_intrinsic(isa: Isa) -> str:
     """C[16] += sum_k A[k] * B[16, k] (k < 4, int8 -> int32) as four `sdot`s (LLVM's
     llvm.aarch64.neon.sdot), the activation quad A broadcast to the four lanes of each."""
@@ -237,6 +298,7 @@ class PackedPlan:
     pair: str  # the reduction var of extent isa.depth (2 or 4)
     Xb: int
     isa: Isa | None = None  # the instruction, where it differs from the target's pair one
+    twin: str | None = None  # the reduction var (extent 2) over a twin's two quads
 
 
 def _is_pair_load(load, dtype: str) -> bool:
@@ -289,6 +351,9 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
     lane = weight.indices[-2]
     if not isinstance(lane, tirx.FloorMod):
         return None
+    twin = _twin_var(weight, ext, {v.name for v in info.reduce}, shape)
+    if twin is not None and (not isa.unsigned or isa.kind != "avx2"):
+        return None
     jv = [v.name for v in vars_in(lane)]
     if len(jv) != 1 or jv[0] not in c.out_vars or ext[jv[0]] % isa.lanes:
         return None
@@ -309,7 +374,20 @@ def plan(c: Contraction, isa: Isa) -> PackedPlan | None:
         xb2 = divisors_desc(ext[i], (isa.registers - 4) // 2)[0] if i is not None else 1
         if (xb2 >= 3 or i is None) and not (xb >= 8 and _sliding(act, i, {v.name for v in info.reduce})):
             isa, xb = replace(isa, lanes=2 * isa.lanes), xb2
-    return PackedPlan(j, i if xb > 1 else None, last.name, xb, isa)
+    if twin is not None:
+        isa = replace(isa, twin=True)
+    return PackedPlan(j, i if xb > 1 else None, last.name, xb, isa, twin)
+
+
+def _twin_var(weight: Load, ext: dict, reduce: set, shape: list) -> str | None:
+    """The reduction var over the two quads of a twin-packed weight ([.., 2, 16, 4],
+    edlc.lower.int8_packed.pack_matmul_twins), or None for a plain one."""
+    if len(shape) != 5 or shape[-3] != 2:
+        return None
+    q = weight.indices[-3]
+    if isinstance(q, tirx.Var) and q.name in reduce and ext.get(q.name) == 2:
+        return q.name
+    return None
 
 
 def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU) -> None:
@@ -324,9 +402,9 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: PackedPlan, isa: Isa, cpu: CPU
     if p.i is not None:
         io, ii = sch.split(loop[p.i], [None, p.Xb])
     outer = [jo if v == p.j else loop[v] for v in c.out_vars if v != p.i]
-    reduce = [loop[v.name] for v in info.reduce if v.name != p.pair]
+    reduce = [loop[v.name] for v in info.reduce if v.name not in (p.pair, p.twin)]
     sch.reorder(*outer, *([io] if io is not None else []), *reduce,
-                *([ii] if ii is not None else []), ji, loop[p.pair])
+                *([ii] if ii is not None else []), ji, *([loop[p.twin]] if p.twin else []), loop[p.pair])
     n_par = 1
     while n_par < len(outer) and math.prod(_extent(sch, lp) for lp in outer[:n_par]) < 4 * cpu.cores:
         n_par += 1
@@ -412,15 +490,20 @@ def _schedule_pack(sch: s_tir.Schedule, rv, cpu: CPU, dtype: str) -> None:
 
 
 def tensorize(sch: s_tir.Schedule, name: str, isa: Isa) -> None:
-    """Map the (T x 2) inner loops of the scheduled accumulator `name` onto the instruction.
+    """Map the (T x depth) inner loops (T x 2 x 4 for twins) of the scheduled accumulator
+    `name` onto the instruction.
     Done last: TVM 0.27 cannot copy a schedule once it holds a tensorized block."""
     block = sch.get_sblock(f"{name}_update")
-    act = [str(r.source.dtype) for r in sch.get(block).reads if str(r.source.dtype) not in ("int32", "int8")]
+    reads = sch.get(block).reads
+    act = [str(r.source.dtype) for r in reads if str(r.source.dtype) not in ("int32", "int8")]
     isa = for_operand(isa, act[0]) if act else isa
     loops = sch.get_loops(block)
+    twin = isa.unsigned and any(str(r.source.dtype) == "int8" and len(r.source.shape) == 5
+                                and int(r.source.shape[-3]) == 2 for r in reads)  # plan's _twin_var
+    at = loops[-3] if twin else loops[-2]
     if isa.unsigned:  # the plan may have taken a block of two registers (plan)
-        isa = replace(isa, lanes=int(sch.get(loops[-2]).extent))
-    sch.tensorize(loops[-2], intrinsic(isa))
+        isa = replace(isa, lanes=int(sch.get(at).extent), twin=twin)
+    sch.tensorize(at, intrinsic(isa))
 
 
 for _isa in (Isa(16, "vnni", 32), Isa(16, "avx512", 32), Isa(8, "avx2", 16), SDOT):
@@ -429,3 +512,4 @@ for _isa in (Isa(16, "vnni", 32), Isa(16, "avx512", 32), Isa(8, "avx2", 16), SDO
         intrinsic(for_operand(_isa, "uint8"))
         if _isa.kind == "avx2":
             intrinsic(replace(for_operand(_isa, "uint8"), lanes=16))  # registered up front: a tuning record may name any of them
+            intrinsic(replace(for_operand(_isa, "uint8"), lanes=16, twin=True))

@@ -1,7 +1,7 @@
 """The quantization flags of `edlc compile` and the `edlc quantize` command.
 
     edlc quantize MODEL --calib data.npz -o model.int8.onnx [--calib-method entropy]
-                  [--activations uint8|int8] [--weights paired|full] [--max-drop 1.0]
+                  [--activations uint8|int8] [--weights paired|full|twins] [--max-drop 1.0]
                   [--min-sqnr 25] [--exclude LAYER] [--report report.json]
 
 writes a QDQ ONNX model (QuantizeLinear / DequantizeLinear around float Conv, MatMul) that
@@ -28,8 +28,9 @@ def add_flags(g) -> None:
                    help="activation type: uint8 (asymmetric, default) or int8 (symmetric)")
     g.add_argument("--weights", choices=WEIGHT_RANGES, default="paired",
                    help="weight range: paired (default; each two weights that x86's uint8 x int8 "
-                        "multiply-add sums in int16 stay within it, so the fast kernels are exact) "
-                        "or full ([-127, 127] per channel, slightly finer)")
+                        "multiply-add sums in int16 stay within it, so the fast kernels are exact), "
+                        "full ([-127, 127] per channel, slightly finer) or twins (matmul weights "
+                        "also within the range of AVX2's twin kernels: faster, slightly coarser)")
     g.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="return the worst layers to float until top-1 agreement with the float "
                         "model drops by at most this many points")

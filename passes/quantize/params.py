@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ACT_DTYPES = ("uint8", "int8")
-WEIGHT_RANGES = ("paired", "full")  # see weight_params
+WEIGHT_RANGES = ("paired", "full", "twins")  # see weight_params
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
 WEIGHT_QMAX = 127  # symmetric weights use [-127, 127]: no lone -128 without a positive twin
 PAIR_QMAX = 128  # paired weights: |q0| + |q1| <= 128, so 255 * (|q0| + |q1|) fits int16
@@ -112,14 +112,27 @@ def conv_pair_axis(w_shape) -> int:
     return 3 if _quad_waste(int(w_shape[3])) < _quad_waste(int(w_shape[1])) else 1
 
 
-def weight_params(w: np.ndarray, axis: int, pair_axis: int | None = None) -> QParams:
+def twin_sums(w: np.ndarray) -> np.ndarray:
+    """For a [K, N] matrix (K a multiple of 8): the sums of |w| over the four rows that one int16
+    lane of the twin kernel adds (8m + 4q + 2p + e, q and e in {0, 1}; edlc.lower.int8_packed.
+    matmul_acc_twins), shaped [K/8, 2, N] (m, p)."""
+    a = np.abs(np.asarray(w, np.float64))
+    return a.reshape(a.shape[0] // 8, 2, 2, 2, a.shape[1]).sum(axis=(1, 3))
+
+
+def weight_params(w: np.ndarray, axis: int, pair_axis: int | None = None, twins: bool = False) -> QParams:
     """Symmetric per-channel int8 parameters for a weight, one scale per slice along `axis`.
 
     With `pair_axis` (the input-channel axis), the scale also keeps every two weights 2m, 2m + 1
     along it small enough for x86's uint8 x int8 multiply-add, which sums such a pair times two
     uint8 activations into int16: |q0| + |q1| <= 128 (PAIR_QMAX), so 255 * 128 fits. The scale is
     max(|w0| + |w1|) / 127 over the channel's pairs (rounding adds at most 1); at most one bit
-    coarser than the plain range, often less."""
+    coarser than the plain range, often less.
+
+    `twins` (a [K, N] matmul weight, pair_axis 0, K a multiple of 8) also keeps the four weights
+    that one int16 lane of the twin kernel adds within |q| sum <= 128 (scale max sum / 126:
+    rounding adds at most 2), so that kernel (two uint8 x int8 quads per int16 sum, a quarter
+    fewer multiplies on AVX2) runs exactly: about a bit coarser than paired."""
     other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.abs(w).max(axis=other) if other else np.abs(w)
     scale = amax / WEIGHT_QMAX
@@ -127,13 +140,16 @@ def weight_params(w: np.ndarray, axis: int, pair_axis: int | None = None) -> QPa
         sums = pair_sums(w, pair_axis)
         pmax = sums.max(axis=other) if other else sums
         scale = np.maximum(scale, pmax / (PAIR_QMAX - 1))
+        if twins and w.ndim == 2 and pair_axis % 2 == 0 and axis % 2 == 1 and w.shape[0] % 8 == 0:
+            scale = np.maximum(scale, twin_sums(w).max(axis=(0, 1)) / (PAIR_QMAX - 2))
     scale = np.asarray(scale, np.float64).astype(np.float32)
     scale[scale == 0] = 1.0
     return QParams(scale, np.zeros(scale.shape, np.int8), axis % w.ndim)
 
 
-def quantize_weight(w: np.ndarray, axis: int, pair_axis: int | None = None) -> tuple[np.ndarray, QParams]:
-    p = weight_params(w, axis, pair_axis)
+def quantize_weight(w: np.ndarray, axis: int, pair_axis: int | None = None,
+                    twins: bool = False) -> tuple[np.ndarray, QParams]:
+    p = weight_params(w, axis, pair_axis, twins)
     q = np.clip(np.rint(w / _along(p.scale, p.axis, w.ndim)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
     return q, p
 
@@ -173,5 +189,5 @@ def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
     return 10.0 * np.log10(signal / noise)
 
 
-__all__ = ["ACT_DTYPES", "PAIR_QMAX", "QRANGE", "WEIGHT_RANGES", "conv_pair_axis", "pair_sums", "QParams", "activation_params", "bias_scale", "dequantize",
+__all__ = ["ACT_DTYPES", "PAIR_QMAX", "QRANGE", "WEIGHT_RANGES", "conv_pair_axis", "pair_sums", "QParams", "activation_params", "twin_sums", "bias_scale", "dequantize",
            "output_shift", "quantize", "quantize_bias", "quantize_weight", "sqnr", "weight_params"]

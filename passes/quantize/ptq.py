@@ -123,7 +123,9 @@ def quantize(graph: Graph, calibration: Calibration, *, method: str = "minmax",
     output) return layers to float, worst first, until met. `weights="paired"` (the default)
     keeps every two weights that x86's uint8 x int8 multiply-add sums in int16 within range
     (params.weight_params), so the int8 kernels run on it exactly; "full" uses [-127, 127] per
-    channel (about a bit finer; those layers run the int16-pair kernels on AVX2); depthwise
+    channel (about a bit finer; those layers run the int16-pair kernels on AVX2); "twins" is
+    paired with matmul weights also kept within the range of the twin kernels (two quads per
+    int16 sum: a quarter fewer multiplies on AVX2 without VNNI; about a bit coarser); depthwise
     convs always take the full range. `bias_correction` removes from each layer's bias the mean
     output error its weight rounding causes on the calibration data. Returns the graph and a
     report."""

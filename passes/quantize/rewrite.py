@@ -79,15 +79,17 @@ def _consts(graph: Graph, p: QParams, name: str) -> tuple[Value, Value]:
     return graph.constant(p.scale, f"{name}.scale"), graph.constant(p.zero_point, f"{name}.zero_point")
 
 
-def layer_weight(layer: Layer, paired: bool = True, means: np.ndarray | None = None
+def layer_weight(layer: Layer, paired: bool | str = True, means: np.ndarray | None = None
                  ) -> tuple[np.ndarray, QParams, np.ndarray | None]:
     """(int8 weight, its parameters, float bias) of a layer. Paired weights (params.weight_params)
     only where a kernel may take them as uint8 x int8 quads: not grouped (depthwise) convs,
-    which run on int16 products. With `means` (calibrate.input_means) the bias is corrected for
+    which run on int16 products. `paired="twins"`: matmul weights also in the twin range
+    (params.weight_params). With `means` (calibrate.input_means) the bias is corrected for
     the weight's rounding: the mean output error it causes on the calibration data is removed."""
     group = int(layer.attrs.get("group", 1))
     axis, pair_axis = (0, conv_pair_axis(layer.weight.shape)) if layer.kind == "conv" else (1, 0)
-    wq, pw = quantize_weight(layer.weight, axis, pair_axis if paired and group == 1 else None)
+    wq, pw = quantize_weight(layer.weight, axis, pair_axis if paired and group == 1 else None,
+                             twins=paired == "twins" and layer.kind != "conv")
     bias = layer.bias
     if means is not None:
         shift = output_shift(pw.dequantize(wq).astype(np.float64) - layer.weight, means, group)
@@ -96,7 +98,7 @@ def layer_weight(layer: Layer, paired: bool = True, means: np.ndarray | None = N
 
 
 def _rewrite_layer(graph: Graph, layer: Layer, pin: QParams, pout: QParams,
-                   quantized_inputs: dict[int, tuple[Value, QParams]], paired: bool = True,
+                   quantized_inputs: dict[int, tuple[Value, QParams]], paired: bool | str = True,
                    means: np.ndarray | None = None) -> QParams:
     before = layer.anchor
     x = layer.anchor.inputs[0]  # an earlier rewrite may have replaced `layer.input`
@@ -271,7 +273,8 @@ def build_quantized(graph: Graph, enabled: set[str], ranges: Mapping[str, tuple[
     for layer in layers:
         if layer.name in plan:
             pin, pout = plan[layer.name]
-            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs, weights == "paired",
+            pw = _rewrite_layer(g, layer, pin, pout, quantized_inputs,
+                                "twins" if weights == "twins" else weights == "paired",
                                 None if means is None else means.get(layer.name))
             chosen[layer.name] = LayerParams(pin, pw, pout)
     while sink_dequantize(g) | fold_requantize(g):

@@ -324,3 +324,46 @@ def test_symbolic_shapes_do_not_raise():
     mod = tvm.IRModule({"f": te.create_prim_func([a, b])})
     out = apply_default_schedules(mod, _x86())
     assert isinstance(out["f"], tirx.PrimFunc)
+
+
+def _matmul_plan(m: int, k: int, n: int, **kw) -> contraction.Plan:
+    """The contraction plan for A[m, k] @ W[k, n] with W a weight, on an AVX2 CPU of 2 cores."""
+    from tvm import s_tir
+
+    from edlc.schedules.analysis import CPU
+
+    a, w = te.placeholder((m, k), name="A"), te.placeholder((k, n), name="W")
+    r = te.reduce_axis((0, k), "r")
+    out = te.compute((m, n), lambda i, j: te.sum(a[i, r] * w[r, j], axis=r), name="C")
+    f = te.create_prim_func([a, w, out]).with_attr("layout_free_buffers", [1])
+    sch = s_tir.Schedule(f)
+    return contraction.plan(contraction.match(sch, sch.get_sblock("C")), CPU(8, 16, 2), **kw)
+
+
+def test_register_tiles_for_awkward_shapes():
+    # 49 rows (a 1x1 conv over 7x7): 2 vectors x 4 rows, the last block partial
+    p = _matmul_plan(49, 320, 1280)
+    assert (p.T, p.Xb) == (16, 4)
+    # 24 columns: one tile of 3 vectors rather than three of one
+    assert _matmul_plan(3136, 144, 24).T == 24
+    # a large input and a small weight: the j-tiles run inside blocks of rows
+    assert _matmul_plan(12544, 16, 96).rows_outer
+    assert not _matmul_plan(128, 768, 768).rows_outer
+
+
+@pytest.mark.parametrize("m, k, n", [(49, 64, 48), (4096, 24, 48), (200, 32, 24)])
+def test_partial_row_blocks_rows_outer_and_three_vector_tiles(scheduled, rng, m, k, n):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["h"]),
+             helper.make_node("Relu", ["h"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [m, k])], [tensor_info("y", [m, n])],
+                       {"w": (rng.standard_normal((k, n)) / np.sqrt(k)).astype("f"),
+                        "b": rng.standard_normal(n).astype("f")})
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    mm = _main_kernel(_check(scheduled, model, {"x": x}), "matmul")
+    _assert_tiled(mm)
+    text = mm.script()
+    if m == 49:
+        assert "T.where" in text  # the partial last block of rows
+    if n == 24:
+        assert "T.unroll(T.int64(3))" in text  # 3 vectors of 8, not one 24-lane vector

@@ -48,3 +48,19 @@ def test_sqnr():
     x = np.ones(100)
     assert sqnr(x, x) == float("inf")
     assert abs(sqnr(x, x * 1.1) - 20.0) < 1e-9
+
+
+def test_twin_weights_fit_the_twin_kernels(rng):
+    """weights="twins": a matmul weight's four |q| that one int16 lane of the twin kernel adds
+    (edlc.lower.int8_packed.u8_twins_fit) sum to 128 at most, also for heavy-tailed weights;
+    paired weights do not in general; the twin scale is at most about twice the paired one."""
+    from edlc.lower.int8_packed import u8_twins_fit
+    from edlc.passes.quantize.params import quantize_weight, twin_sums
+
+    for _ in range(5):
+        w = (rng.standard_t(3, (256, 64)) * 0.05).astype(np.float32)
+        qt, pt = quantize_weight(w, 1, 0, twins=True)
+        qp, pp = quantize_weight(w, 1, 0)
+        assert u8_twins_fit(qt) and twin_sums(qt).max() <= 128
+        assert not u8_twins_fit(qp)
+        assert np.all(pt.scale >= pp.scale) and np.all(pt.scale <= 2.1 * pp.scale)
