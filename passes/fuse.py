@@ -67,6 +67,17 @@ def _is_fused(n: Node) -> bool:
     return n.domain == "edlc" and n.op == "fused"
 
 
+def conv_anchor(node: Node) -> Node | None:
+    """The edlc::Conv a node computes: itself, or the one in a fused group's body (the passes
+    that rewrite conv groups after fusion start from it)."""
+    if node.domain == "edlc" and node.op == "Conv":
+        return node
+    if _is_fused(node):
+        return next((n for n in node.attrs["body"].nodes if n.op == "Conv" and n.domain == "edlc"),
+                    None)
+    return None
+
+
 def _start_body(graph: Graph, anchor: Node) -> tuple[Graph, list[Value]]:
     """A body holding a copy of `anchor`; returns it and the external values it reads."""
     if _is_fused(anchor):
@@ -250,4 +261,4 @@ def fuse(graph: Graph) -> PassResult:
     return PassResult(graph, stats.modified or wrapped.modified or moved.modified, report)
 
 
-__all__ = ["ANCHORS", "fuse", "fusion_rules", "inline_body"]
+__all__ = ["ANCHORS", "conv_anchor", "fuse", "fusion_rules", "inline_body"]

@@ -22,19 +22,12 @@ from edlc.ir.copy import copy_graph
 from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.types import TensorType
 from edlc.pass_manager import PassResult, register_pass
+from edlc.passes.fuse import conv_anchor
 
 
-def _anchor(node: Node) -> Node | None:
-    """The edlc::Conv of a bare conv node or of a fused group (its first body node)."""
-    if node.domain != "edlc":
-        return None
-    if node.op == "Conv":
-        return node
-    if node.op == "fused":
-        first = node.attrs["body"].nodes[0] if node.attrs["body"].nodes else None
-        return first if first is not None and first.op == "Conv" and first.domain == "edlc" \
-            else None
-    return None
+def _is_1x1(conv: Node) -> bool:
+    w = conv.inputs[1]
+    return w is not None and w.is_constant and tuple(w.const.shape[1:3]) == (1, 1)
 
 
 def why_not(conv: Node, group: Node | None = None) -> str | None:
@@ -49,7 +42,7 @@ def why_not(conv: Node, group: Node | None = None) -> str | None:
     if a.get("layout", "NHWC") != "NHWC" or a.get("kernel_layout") != "OHWI":
         return "not NHWC with an OHWI weight"
     w = conv.inputs[1]
-    if not w.is_constant or tuple(w.const.shape[1:3]) != (1, 1):
+    if not _is_1x1(conv):
         return "not a 1x1 conv with a constant weight"
     if int(a.get("group", 1)) != 1:
         return "grouped"
@@ -150,8 +143,8 @@ def pointwise_matmul(graph: Graph) -> PassResult:
     its pixels; each one left as a conv says why in the report."""
     report, changed = [], False
     for node in list(graph.nodes):
-        conv = _anchor(node)
-        if conv is None or tuple(getattr(conv.inputs[1].const, "shape", (0, 0, 0))[1:3]) != (1, 1):
+        conv = conv_anchor(node)
+        if conv is None or not _is_1x1(conv):
             continue
         reason = why_not(conv, None if node is conv else node)
         if reason is not None:

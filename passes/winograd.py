@@ -39,6 +39,7 @@ from edlc.ir.graph import Graph, Node, Value
 from edlc.ir.ops import register_op
 from edlc.ir.types import TensorType
 from edlc.pass_manager import PassResult, register_pass
+from edlc.passes.fuse import conv_anchor
 
 # ---- the transforms (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks") --------
 # F(2,3): points 0, 1, -1, inf
@@ -280,18 +281,6 @@ def why_not(conv: Node, tile: int | None = None) -> str | None:
     return None
 
 
-def _anchor(node: Node) -> Node | None:
-    """The edlc::Conv a node computes: itself, or the one in a fused group's body."""
-    if node.domain != "edlc":
-        return None
-    if node.op == "Conv":
-        return node
-    if node.op == "fused":
-        return next((n for n in node.attrs["body"].nodes if n.op == "Conv" and n.domain == "edlc"),
-                    None)
-    return None
-
-
 def _front(graph: Graph, conv: Node, x: Value, before: Node, m: int) -> Value:
     """WinogradInput and MatMul of `conv`'s input `x`, before `before`; returns the products."""
     w = conv.inputs[1].const
@@ -355,7 +344,7 @@ def winograd(graph: Graph, tile: int | None = None) -> PassResult:
     forces m for every conv (tests, measurements), else `choose_tile` picks it per conv."""
     report, changed = [], False
     for node in list(graph.nodes):
-        conv = _anchor(node)
+        conv = conv_anchor(node)
         if conv is None:
             continue
         reason = why_not(conv, tile)

@@ -123,7 +123,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
                 rv = trial.get_sblock(name)
                 c = contraction.match(trial, rv)
                 v = variant or contraction.Variant()
-                p = contraction.plan(c, cpu, v.tiles, v.rows_outer) if c is not None else None
+                p = contraction.plan(c, cpu, v.tiles) if c is not None else None
                 if p is None:
                     continue
                 contraction.apply(trial, c, p, cpu, v.pad_redundancy)

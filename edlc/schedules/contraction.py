@@ -70,7 +70,6 @@ class Variant:
 
     tiles: tuple[int, int] | None = None
     pad_redundancy: float | None = None
-    rows_outer: bool | None = None
 
 
 def _strip_cast(e):
@@ -225,8 +224,7 @@ def _stride(factor, var: str) -> tuple | None:
     return None
 
 
-def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None,
-         rows_outer: bool | None = None) -> Plan | None:
+def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan | None:
     """Choose the vector axis j, the register axis i and their tiles.
 
     j, in order of preference: the output's innermost axis if one factor reads it contiguously
@@ -288,10 +286,9 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None,
         # maps a tile onto few cache sets; a contiguous copy per tile keeps it in L1 (made
         # once when compiling for a weight, else worth it where the i axis reuses it enough)
         pack = (load.source, len(load.indices) - 1, sorted(uses[owner] - {j}))
-    if owner is None or (pack is not None and pack[0].name not in c.weights):
-        rows_outer = False  # a tile packed inside the kernel is packed once per j-tile
-    elif rows_outer is None:
-        rows_outer = _input_outweighs_weight(c.factors[1 - owner], c.factors[owner], ext[j] // t)
+    # a tile packed inside the kernel is packed once per j-tile: those stay outermost
+    rows_outer = owner is not None and (pack is None or pack[0].name in c.weights) and \
+        _input_outweighs_weight(c.factors[1 - owner], c.factors[owner], ext[j] // t)
     return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i,
                 depthwise, rows_outer)
 
