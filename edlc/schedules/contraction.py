@@ -519,8 +519,15 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
         if (len(sch.get_consumers(producer)) == 1 and isinstance(block.body, tirx.BufferStore)
                 and has_if_then_else(block.body.value) and len(sch.get_loops(producer)) > 0
                 and all(iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars)):
-            _place_padding(sch, producer, pad_at,
-                           _MAX_PAD_REDUNDANCY if pad_redundancy is None else pad_redundancy)
+            if p.depthwise:
+                # each tap reads its input vector straight from the unpadded tensor: the
+                # condition is the same across the lanes (channels), and a padded copy per row
+                # of output rewrote every input row 3 times (MobileNetV2's 3x3 depthwise convs,
+                # one core on Zen 3: 1.1-1.7x faster inlined)
+                sch.compute_inline(producer)
+            else:
+                _place_padding(sch, producer, pad_at,
+                               _MAX_PAD_REDUNDANCY if pad_redundancy is None else pad_redundancy)
 
     if p.phase is not None:
         buffer, stride = p.phase
