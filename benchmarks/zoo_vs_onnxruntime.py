@@ -2,12 +2,15 @@
 several optimization levels and tuned, side by side with onnxruntime.
 
     pip install -e '.[bench]'
-    python benchmarks/zoo_vs_onnxruntime.py [--models resnet18,mobilenet_v2,bert] [--repeat 20]
+    python benchmarks/zoo_vs_onnxruntime.py [--models resnet18,mobilenet_v2,bert] [--repeat 20 --rounds 10]
         [-O 0,2] [--tune-minutes 20 --records-dir records/] [--threads 2]
         [--json zoo.json] [--png zoo.png]
 
 Everything runs on this machine in the same process with the same thread count; outputs are
-checked against onnxruntime before timing. Prints, per model and level: nodes of the imported
+checked against onnxruntime before timing. The timing interleaves the engines: --rounds rounds,
+each running every edlc variant and onnxruntime a block of runs in turn, so that a slow spell of
+a shared machine falls on all of them alike (on a noisy 2-core VM, the same artifact's median
+moves by 30-50% between minutes; blocks timed minutes apart gave ratios off by as much). Prints, per model and level: nodes of the imported
 graph -> after the passes, kernels in the built module, compile (and tuning) time, median
 latency, and the ratio edlc / onnxruntime (lower is better). With --tune-minutes, each model
 is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at -O2 and
@@ -33,22 +36,32 @@ SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1,
           "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
 
 
-def time_ort(model, inputs, repeat: int, threads: int) -> tuple[list[float], dict]:
+def ort_session(model, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    outs = sess.run(None, inputs)
-    times = []
-    for i in range(repeat + 2):
-        t0 = time.perf_counter()
-        sess.run(None, inputs)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return times, dict(zip([o.name for o in sess.get_outputs()], outs))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def measure(name: str, model, inputs, ref, level: int, repeat: int, records: Path | None = None,
-            tune_s: float = 0.0) -> dict:
+def interleaved(runners: dict, repeat: int, rounds: int) -> dict[str, list[float]]:
+    """{name: seconds of each run}: `rounds` rounds, each a warm-up run and a block of
+    repeat / rounds timed runs of every runner in turn."""
+    block = max(1, -(-repeat // rounds))
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            run()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def measure(name: str, model, inputs, ref, level: int, records: Path | None = None,
+            tune_s: float = 0.0) -> tuple[dict, object]:
+    """Compile one variant and check it against onnxruntime: (its row, its timed run)."""
+    from edlc.runtime import check_inputs
+
     passes: list = []
     t0 = time.perf_counter()
     module = edlc.compile(model, target="x86", input_shapes=SHAPES[name], opt_level=level,
@@ -56,15 +69,17 @@ def measure(name: str, model, inputs, ref, level: int, repeat: int, records: Pat
     compile_s = time.perf_counter() - t0
     got = module.run(inputs)
     diff = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
-    ms = float(np.median(module.time(inputs, repeat=repeat, warmup=2)) * 1e3)
-    return {"model": name, "variant": f"tuned-O{level}" if records else f"-O{level}", "level": level,
-            "nodes": passes[-1].nodes_after if passes else None, "kernels": module.manifest["kernels"],
-            "compile_s": compile_s, "tune_s": tune_s, "edlc_ms": ms, "max_abs_diff": diff}
+    vm = module._machine()
+    args = module._args(check_inputs(inputs, module.inputs))  # converted once, as Module.time does
+    row = {"model": name, "variant": f"tuned-O{level}" if records else f"-O{level}", "level": level,
+           "nodes": passes[-1].nodes_after if passes else None, "kernels": module.manifest["kernels"],
+           "compile_s": compile_s, "tune_s": tune_s, "max_abs_diff": diff}
+    return row, lambda: vm["main"](*args)
 
 
-def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path, repeat: int,
-              level: int = 2) -> dict:
-    """Tune at `level` (the benchmark passes the fastest untuned one), then measure with the
+def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path,
+              level: int = 2) -> tuple[dict, object]:
+    """Tune at `level` (the benchmark passes the fastest untuned one), then compile with the
     records."""
     from edlc.tune import tune
 
@@ -73,9 +88,9 @@ def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path, 
     result = tune(model, target="x86", records=records, trials=100_000, input_shapes=SHAPES[name],
                   opt_level=level, time_budget_s=minutes * 60, progress=lambda msg: None)
     tune_s = time.perf_counter() - t0
-    row = measure(name, model, inputs, ref, level, repeat, records, tune_s)
+    row, run = measure(name, model, inputs, ref, level, records, tune_s)
     row["trials"] = result.trials_before + result.trials_run
-    return row
+    return row, run
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -103,7 +118,8 @@ def chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(sorted(ZOO)))
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=20, help="timed runs per engine")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds the runs are split into")
     ap.add_argument("-O", dest="opt_levels", default="0,2", help="comma-separated levels")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for both runtimes (default: all cores)")
@@ -115,29 +131,37 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     levels = [int(v) for v in args.opt_levels.split(",")]
-    print(f"x86, {args.threads} threads, median of {args.repeat} runs")
+    print(f"x86, {args.threads} threads, median of {args.repeat} runs each, interleaved in "
+          f"{args.rounds} rounds")
     print(f"{'model':14} {'variant':>8} {'nodes':>5} {'kernels':>7} {'compile s':>9} {'tune s':>7} "
           f"{'edlc ms':>10} {'ort ms':>9} {'ratio':>7}  max |diff|")
     rows = []
     for name in args.models.split(","):
         model = ZOO[name]()
         inputs = random_inputs(model, shapes=SHAPES[name])
-        ort_times, ref = time_ort(model, inputs, args.repeat, args.threads)
-        ort_ms = float(np.median(ort_times) * 1e3)
-        found = [measure(name, model, inputs, ref, level, args.repeat) for level in levels]
+        session = ort_session(model, args.threads)
+        ref = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+        found = [measure(name, model, inputs, ref, level) for level in levels]
         if args.tune_minutes > 0:
-            best = min(found, key=lambda r: r["edlc_ms"])["level"]
-            found.append(tuned_row(name, model, inputs, ref, args.tune_minutes, args.records_dir,
-                                   args.repeat, best))
-        for row in found:
-            row.update(ort_ms=ort_ms, ratio=row["edlc_ms"] / ort_ms,
+            # the fastest untuned level, by a short interleaved timing of its own
+            quick = interleaved({r["variant"]: run for r, run in found}, 10, 5)
+            best = min(found, key=lambda f: np.median(quick[f[0]["variant"]]))[0]["level"]
+            found.append(tuned_row(name, model, inputs, ref, args.tune_minutes, args.records_dir, best))
+        runners = {row["variant"]: run for row, run in found}
+        runners["onnxruntime"] = lambda s=session, x=inputs: s.run(None, x)
+        times = interleaved(runners, args.repeat, args.rounds)
+        ort_ms = float(np.median(times["onnxruntime"]) * 1e3)
+        for row, _ in found:
+            row.update(edlc_ms=float(np.median(times[row["variant"]]) * 1e3), ort_ms=ort_ms,
                        imported_nodes=len(import_model(model, SHAPES[name]).nodes))
+            row["ratio"] = row["edlc_ms"] / ort_ms
             print(f"{name:14} {row['variant']:>8} {row['nodes'] or '-':>5} {row['kernels']:7} "
                   f"{row['compile_s']:9.1f} {row['tune_s']:7.0f} {row['edlc_ms']:10.2f} {ort_ms:9.2f} "
                   f"{row['ratio']:7.2f}x  {row['max_abs_diff']:.2e}", flush=True)
-        rows.extend(found)
+        rows.extend(row for row, _ in found)
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "repeat": args.repeat, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"threads": args.threads, "repeat": args.repeat,
+                                         "rounds": args.rounds, "rows": rows}, indent=1))
     if args.png:
         chart(rows, args.png)
 

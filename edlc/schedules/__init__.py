@@ -167,7 +167,8 @@ def schedule_variants(func: tirx.PrimFunc, cpu: CPU) -> list[contraction.Variant
     if not plans:
         return []
     out = [contraction.Variant(tiles=t) for t in contraction.tile_options(plans[0], cpu)]
-    if any(has_if_then_else(b.body.value) for b in _stores(sch)):
+    if not plans[0].depthwise and any(has_if_then_else(b.body.value) for b in _stores(sch)):
+        # (a depthwise conv reads its padding inline: no padded copy to place)
         out += [contraction.Variant(pad_redundancy=0.0), contraction.Variant(pad_redundancy=1e30)]
     return out
 
