@@ -10,11 +10,12 @@ Everything runs on this machine in the same process with the same thread count; 
 checked against onnxruntime before timing. The timing interleaves the engines: --rounds rounds,
 each running every edlc variant and onnxruntime a block of runs in turn, so that a slow spell of
 a shared machine falls on all of them alike (on a noisy 2-core VM, the same artifact's median
-moves by 30-50% between minutes; blocks timed minutes apart gave ratios off by as much). Prints, per model and level: nodes of the imported
-graph -> after the passes, kernels in the built module, compile (and tuning) time, median
+moves by 30-50% between minutes; blocks timed minutes apart gave ratios off by as much).
+
+Prints, per model and level: nodes of the imported graph -> after the passes, kernels in the built module, compile (and tuning) time, median
 latency, and the ratio edlc / onnxruntime (lower is better). With --tune-minutes, each model
-is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at -O2 and
-compiled with its records: the "tuned" row.
+is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at its
+fastest untuned level and compiled with its records: the "tuned" row.
 """
 
 from __future__ import annotations
@@ -42,26 +43,34 @@ def ort_session(model, threads: int):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def interleaved(runners: dict, repeat: int, rounds: int) -> dict[str, list[float]]:
-    """{name: seconds of each run}: `rounds` rounds, each a warm-up run and a block of
-    repeat / rounds timed runs of every runner in turn."""
+def ort_timer(session, inputs):
+    """Seconds of n runs after a warm-up run, as `Module.time` times edlc."""
+    def time_runs(n: int) -> list[float]:
+        session.run(None, inputs)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            session.run(None, inputs)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    return time_runs
+
+
+def interleaved(timers: dict, repeat: int, rounds: int) -> dict[str, list[float]]:
+    """{name: seconds of each run}: `rounds` rounds, each timing a block of repeat / rounds
+    runs of every engine in turn (a timer takes the block's size, returns its times)."""
     block = max(1, -(-repeat // rounds))
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(rounds):
-        for name, run in runners.items():
-            run()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t0)
+        for name, time_runs in timers.items():
+            times[name] += time_runs(block)
     return times
 
 
 def measure(name: str, model, inputs, ref, level: int, records: Path | None = None,
             tune_s: float = 0.0) -> tuple[dict, object]:
-    """Compile one variant and check it against onnxruntime: (its row, its timed run)."""
-    from edlc.runtime import check_inputs
-
+    """Compile one variant and check it against onnxruntime: (its row, its timer)."""
     passes: list = []
     t0 = time.perf_counter()
     module = edlc.compile(model, target="x86", input_shapes=SHAPES[name], opt_level=level,
@@ -69,12 +78,10 @@ def measure(name: str, model, inputs, ref, level: int, records: Path | None = No
     compile_s = time.perf_counter() - t0
     got = module.run(inputs)
     diff = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
-    vm = module._machine()
-    args = module._args(check_inputs(inputs, module.inputs))  # converted once, as Module.time does
     row = {"model": name, "variant": f"tuned-O{level}" if records else f"-O{level}", "level": level,
            "nodes": passes[-1].nodes_after if passes else None, "kernels": module.manifest["kernels"],
            "compile_s": compile_s, "tune_s": tune_s, "max_abs_diff": diff}
-    return row, lambda: vm["main"](*args)
+    return row, lambda n: module.time(inputs, repeat=n, warmup=1)
 
 
 def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path,
@@ -88,9 +95,9 @@ def tuned_row(name: str, model, inputs, ref, minutes: float, records_dir: Path,
     result = tune(model, target="x86", records=records, trials=100_000, input_shapes=SHAPES[name],
                   opt_level=level, time_budget_s=minutes * 60, progress=lambda msg: None)
     tune_s = time.perf_counter() - t0
-    row, run = measure(name, model, inputs, ref, level, records, tune_s)
+    row, timer = measure(name, model, inputs, ref, level, records, tune_s)
     row["trials"] = result.trials_before + result.trials_run
-    return row, run
+    return row, timer
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -144,12 +151,12 @@ def main() -> None:
         found = [measure(name, model, inputs, ref, level) for level in levels]
         if args.tune_minutes > 0:
             # the fastest untuned level, by a short interleaved timing of its own
-            quick = interleaved({r["variant"]: run for r, run in found}, 10, 5)
+            quick = interleaved({r["variant"]: timer for r, timer in found}, 10, 5)
             best = min(found, key=lambda f: np.median(quick[f[0]["variant"]]))[0]["level"]
             found.append(tuned_row(name, model, inputs, ref, args.tune_minutes, args.records_dir, best))
-        runners = {row["variant"]: run for row, run in found}
-        runners["onnxruntime"] = lambda s=session, x=inputs: s.run(None, x)
-        times = interleaved(runners, args.repeat, args.rounds)
+        timers = {row["variant"]: timer for row, timer in found}
+        timers["onnxruntime"] = ort_timer(session, inputs)
+        times = interleaved(timers, args.repeat, args.rounds)
         ort_ms = float(np.median(times["onnxruntime"]) * 1e3)
         for row, _ in found:
             row.update(edlc_ms=float(np.median(times[row["variant"]]) * 1e3), ort_ms=ort_ms,
