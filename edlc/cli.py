@@ -317,7 +317,11 @@ def _records_report(tuning: dict | None) -> str:
     left_out = tuning.get("records_left_out") or []
     if left_out:
         line += f"; {len(left_out)} line(s) of the database do not parse and were left out ({left_out[0]})"
-    return line + (f"; untuned: {', '.join(missing)}" if missing else "")
+    kept = tuning.get("kept_default_schedule", 0)
+    if kept:
+        line += (f"; {kept} kept edlc's default schedule (it beat the kernel's records when `edlc tune` "
+                 "measured them again at its end)")
+    return line + (f"; without a record: {', '.join(missing)}" if missing else "")
 
 
 def _random_inputs(specs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:

@@ -130,9 +130,10 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
             mod = pipeline.fuse(lowered.mod, tgt)
             tuning = None
             if records is not None:
-                mod, found, missing, left_out = pipeline.apply_records(mod, tgt, records)
+                mod, found, missing, check = pipeline.apply_records(mod, tgt, records)
                 tuning = {"records": str(records), "kernels_with_record": found,
-                          "kernels_without_record": missing, "records_left_out": left_out}
+                          "kernels_without_record": missing, "records_left_out": check.dropped,
+                          "kept_default_schedule": check.kept_default}
             mod, params = pipeline.finish(mod, tgt, dict(lowered.params))
             if target.device == "cuda":
                 from edlc.targets import cuda

@@ -8,12 +8,19 @@ at once would number their workloads wrongly. So edlc reads every line with TVM'
 first: `edlc tune` repairs the directory it holds the lock of (bad lines go to `*.corrupt`,
 records are renumbered), and `compile --records` uses a repaired copy, leaving the directory as
 it is. Both report what they left out.
+
+Beside the database, `edlc tune` writes its choices (`edlc_choices.json`): the search measures
+each candidate once, so on a machine whose speed drifts the fastest-looking record is often one
+measured in a fast moment. Its closing check measures the best records of each kernel and edlc's
+default schedule again, side by side, and names the one that wins; the copy `compile` reads keeps
+only that record (none where the default schedule won).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +33,8 @@ from edlc.errors import InputError
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 LOCK = ".edlc-tune.lock"
+CHOICES = "edlc_choices.json"
+DEFAULT = "default"  # a choice: edlc's default schedule won the closing check
 
 
 @dataclass
@@ -33,6 +42,8 @@ class RecordsCheck:
     workloads: int = 0
     records: int = 0
     dropped: list[str] = field(default_factory=list)  # "file:line: why"
+    chosen: int = 0  # kernels whose schedule the closing check of `edlc tune` chose
+    kept_default: int = 0  # of those, kernels whose choice was edlc's default schedule (no record)
 
     def report(self, directory: Path) -> str:
         shown = "; ".join(self.dropped[:5]) + (f"; and {len(self.dropped) - 5} more" if len(self.dropped) > 5 else "")
@@ -100,6 +111,58 @@ def _parse(directory: Path) -> tuple[list[str], list[str], RecordsCheck]:
     return workloads, records, check
 
 
+def record_key(body: list) -> str:
+    """A record's name in the choices: the hash of its trace (the schedule it replays)."""
+    return hashlib.sha1(json.dumps(body[0], separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _workload_key(line: str) -> str:
+    return str(json.loads(line)[0])  # the workload's structural hash, as TVM writes it
+
+
+def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
+    """The `k` fastest records of each workload (its structural hash -> record bodies, fastest
+    first), as measured by the search."""
+    workloads, records, _ = _parse(Path(directory))
+    by_workload: dict[str, list[tuple[float, list]]] = {}
+    for line in records:
+        index, body = json.loads(line)
+        secs = [float(s) for s in body[1] or []]
+        if secs and min(secs) < 1e9:  # MetaSchedule records a failed candidate as 1e10 s
+            by_workload.setdefault(_workload_key(workloads[index]), []).append((sum(secs) / len(secs), body))
+    return {w: [b for _, b in sorted(v, key=lambda x: x[0])[:k]] for w, v in by_workload.items()}
+
+
+def read_choices(directory: str | os.PathLike) -> dict[str, dict]:
+    path = Path(directory) / CHOICES
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # unreadable choices: every kernel gets its fastest record, as without them
+
+
+def write_choices(directory: str | os.PathLike, choices: dict[str, dict]) -> None:
+    _write_atomically(Path(directory) / CHOICES, [json.dumps(choices, indent=1, sort_keys=True)])
+
+
+def clear_choices(directory: str | os.PathLike) -> None:
+    """A run that adds records makes earlier choices stale: its own check writes new ones."""
+    (Path(directory) / CHOICES).unlink(missing_ok=True)
+
+
+def _apply_choices(workloads: list[str], records: list[str], choices: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """The records `compile` sees, and the choices honoured: for a kernel with a choice only the
+    chosen record (none where the default schedule won). A choice of a record that is not here
+    (the directory was edited since) is ignored."""
+    keys = [_workload_key(line) for line in workloads]
+    parsed = [(keys[index], body, line) for line in records for index, body in [json.loads(line)]]
+    present = {(w, record_key(body)) for w, body, _ in parsed}
+    honoured = {w: c["record"] for w, c in choices.items()
+                if w in keys and (c.get("record") == DEFAULT or (w, c.get("record")) in present)}
+    kept = [line for w, body, line in parsed if w not in honoured or honoured[w] == record_key(body)]
+    return kept, list(honoured.values())
+
+
 def _why(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[-1] if text else type(e).__name__)[:120]
@@ -130,6 +193,8 @@ def readable_copy(directory: str | os.PathLike, into: str | os.PathLike) -> Reco
     """Write the good lines of `directory` to `into` (for `compile`, which must not change the
     user's directory, perhaps being tuned into at the time)."""
     workloads, records, check = _parse(check_dir(directory))
+    records, honoured = _apply_choices(workloads, records, read_choices(directory))
+    check.chosen, check.kept_default = len(honoured), honoured.count(DEFAULT)
     target = Path(into)
     target.mkdir(parents=True, exist_ok=True)
     _write_atomically(target / WORKLOADS, workloads)

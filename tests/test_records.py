@@ -85,3 +85,35 @@ def test_concurrent_tunes_on_one_directory_leave_it_whole(tmp_path):
     assert check.dropped == [] and check.workloads >= 2 and check.records >= 4
     for model in (tiny_conv(), tiny_matmul()):
         assert edlc.compile(model, records=rec).manifest["tuning"]["kernels_with_record"]
+
+
+def test_compile_honours_the_choices_of_the_closing_check(tuned, tmp_path):
+    """A chosen record is the only one of its kernel compile sees; a choice of the default
+    schedule leaves the kernel without a record (and says so); a stale choice is ignored."""
+    import json
+
+    from edlc.records import DEFAULT, readable_copy, record_key, write_choices
+
+    rec = tmp_path / "rec"
+    shutil.copytree(tuned, rec)
+    (workload,) = [str(json.loads(line)[0]) for line in (rec / WORKLOADS).read_text().splitlines()]
+    bodies = [json.loads(line)[1] for line in (rec / RECORDS).read_text().splitlines()]
+    assert len(bodies) == 2
+    slowest = max(bodies, key=lambda b: sum(b[1]) / len(b[1]))
+
+    def copy_with(choice: str):
+        write_choices(rec, {workload: {"record": choice}})
+        check = readable_copy(rec, tmp_path / "copy")
+        return check, [json.loads(line)[1] for line in (tmp_path / "copy" / RECORDS).read_text().splitlines()]
+
+    check, kept = copy_with(record_key(slowest))
+    assert kept == [slowest] and check.chosen == 1 and check.kept_default == 0
+    check, kept = copy_with(DEFAULT)
+    assert kept == [] and check.kept_default == 1
+    module = edlc.compile(tiny_conv(), records=rec)
+    tuning = module.manifest["tuning"]
+    assert tuning["kept_default_schedule"] == 1 and tuning["kernels_without_record"]
+    x = {"x": np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(module.run(x)["y"], ort_run(tiny_conv(), x)["y"], rtol=1e-4, atol=1e-4)
+    check, kept = copy_with("0123456789abcdef")  # names no record here
+    assert len(kept) == 2 and check.chosen == 0

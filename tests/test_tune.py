@@ -45,7 +45,8 @@ def test_tune_then_compile_with_records(tmp_path):
     assert [t.trials for t in result.tasks] == [2]
     module = edlc.compile(model, records=tmp_path / "rec")
     tuning = module.manifest["tuning"]
-    assert tuning["kernels_with_record"] and not tuning["kernels_without_record"]
+    # every kernel has a record, or the closing check chose edlc's default schedule for it
+    assert len(tuning["kernels_without_record"]) == tuning["kept_default_schedule"]
     np.testing.assert_allclose(module.run(_x())["y"], ort_run(model, _x())["y"], rtol=1e-4, atol=1e-4)
     # the same command again has nothing left to do; a larger total continues
     again = tune(model, records=tmp_path / "rec", trials=2, **QUICK)
@@ -159,7 +160,8 @@ def test_variants_of_the_default_schedule_are_measured_and_apply(tmp_path):
     assert len(records) > len(tasks)
     assert len({str(r.trace) for r in records}) == len(records)  # no schedule measured twice
     module = edlc.compile(model, records=tmp_path / "rec")
-    assert not module.manifest["tuning"]["kernels_without_record"]
+    tuning = module.manifest["tuning"]
+    assert len(tuning["kernels_without_record"]) == tuning["kept_default_schedule"]
     got, want = module.run(_x()), ort_run(model, _x())
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-4)
 
@@ -211,9 +213,52 @@ def test_tasks_without_a_design_space_keep_their_default_schedule():
         def generate_design_space(self):
             if self.fails:
                 raise RuntimeError("ScheduleError: reverse-compute-at\nmore")
-            return []
+            return [type("Space", (), {"trace": type("Trace", (), {"decisions": {0: 1}})()})()]
 
     said: list[str] = []
     infos = [TaskInfo(n, 1, 1.0, 0.5) for n in ("conv", "attention", "add")]
     assert _searchable([Context(False), Context(True), Context(False)], infos, said.append) == [0, 2]
     assert len(said) == 1 and "attention" in said[0] and "default schedule" in said[0]
+
+
+def test_tasks_with_nothing_to_choose_are_not_searched():
+    """A design space without a sampled decision (Winograd's transforms) is left out: the
+    evolutionary search spun for over ten minutes on one, mutating what has no mutations."""
+    from edlc.tune import TaskInfo, _searchable
+
+    class Space:
+        def __init__(self, decisions: int):
+            self.trace = type("Trace", (), {"decisions": {i: i for i in range(decisions)}})()
+
+    class Context:
+        def __init__(self, decisions: int):
+            self.decisions = decisions
+
+        def generate_design_space(self):
+            return [Space(self.decisions)]
+
+    said: list[str] = []
+    infos = [TaskInfo(n, 1, 1.0, 0.5) for n in ("conv", "winograd_input")]
+    assert _searchable([Context(3), Context(0)], infos, said.append) == [0]
+    assert len(said) == 1 and "winograd_input" in said[0] and "no choices" in said[0]
+
+
+def test_closing_check_chooses_among_the_records_and_the_default(tmp_path):
+    """After the search, the best records and the default schedule are measured again side by
+    side; the winner of each kernel is written as a choice that compile honours."""
+    import json
+
+    from edlc.records import CHOICES, DEFAULT, RECORDS, record_key
+
+    model = tiny_conv()
+    tune(model, records=tmp_path / "rec", trials=6, **QUICK)
+    choices = json.loads((tmp_path / "rec" / CHOICES).read_text())
+    assert len(choices) == 1
+    (choice,) = choices.values()
+    assert choice["record"] in choice["measured_us"] and len(choice["measured_us"]) >= 2
+    assert choice["us"] == min(choice["measured_us"].values())
+    keys = {record_key(json.loads(line)[1]) for line in (tmp_path / "rec" / RECORDS).read_text().splitlines()}
+    assert choice["record"] == DEFAULT or choice["record"] in keys
+    module = edlc.compile(model, records=tmp_path / "rec")
+    assert module.manifest["tuning"]["kept_default_schedule"] == (choice["record"] == DEFAULT)
+    np.testing.assert_allclose(module.run(_x())["y"], ort_run(model, _x())["y"], rtol=1e-4, atol=1e-4)

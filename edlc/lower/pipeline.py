@@ -67,10 +67,11 @@ def fuse(mod, target):
         return mark_weight_params(prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target))
 
 
-def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str], list[str]]:
+def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str], object]:
     """Schedule the kernels that have a tuning record in `records_dir` (a MetaSchedule JSON
-    database); returns (module, kernels with a record, kernels without, lines of the database
-    left out because they do not parse). The directory itself is only read."""
+    database); returns (module, kernels with a record, kernels without, the RecordsCheck of the
+    directory: lines left out because they do not parse, choices of tune's closing check
+    honoured). The directory itself is only read."""
     import tempfile
 
     import tvm
@@ -86,7 +87,7 @@ def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str
     for gv, f in mod.functions.items():
         if isinstance(f, tirx.PrimFunc):
             (found if is_scheduled(f) else missing).append(gv.name_hint)
-    return mod, sorted(found), sorted(missing), check.dropped
+    return mod, sorted(found), sorted(missing), check
 
 
 def estimate_flops(func) -> float | None:
