@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -61,7 +62,7 @@ def _serve(conn: Connection, memory_limit: int, root: str) -> None:
     folder = prepare_folder(Path(root))
     while True:
         try:
-            case = conn.recv()
+            number, case = conn.recv()
         except EOFError:
             return
         os.ftruncate(2, 0)
@@ -70,7 +71,7 @@ def _serve(conn: Connection, memory_limit: int, root: str) -> None:
             result = Outcome("ok") if (kind := check_case(case, folder)) == "ok" else Outcome("error", kind)
         except BaseException:  # noqa: BLE001  everything but EdlcError is a finding
             result = Outcome("escape", traceback.format_exc())
-        conn.send(result)
+        conn.send((number, result))
 
 
 class Worker:
@@ -82,6 +83,7 @@ class Worker:
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = None
         self._conn: Connection | None = None
+        self._cases = 0
         self._root = tempfile.mkdtemp(prefix="edlc-fuzz-")
 
     def _start(self) -> None:
@@ -96,12 +98,18 @@ class Worker:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None
+        self._cases += 1
+        deadline = time.monotonic() + timeout
         try:
-            self._conn.send(case)
-            if not self._conn.poll(timeout):
-                self._stop()
-                return Outcome("hang", self._log_tail() + f"over {timeout:.0f} s")
-            return self._conn.recv()
+            self._conn.send((self._cases, case))
+            # answers are numbered: one that is not this case's (left in the pipe by a run cut
+            # short by an exception) is dropped, not taken for this case's
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                number, outcome = self._conn.recv()
+                if number == self._cases:
+                    return outcome
+            self._stop()
+            return Outcome("hang", self._log_tail() + f"over {timeout:.0f} s")
         except (EOFError, ConnectionError):  # the child died with the case
             self._proc.join(5)
             code = self._proc.exitcode
