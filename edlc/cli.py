@@ -6,8 +6,8 @@
     edlc run OUT [--inputs in.npz] [--output out.npz]
     edlc bench MODEL|OUT [--compare onnxruntime] [--repeat N] [--warmup N] [--threads N]
                [--input-shape NAME=DIMS]... [--inputs in.npz] [--profile] [--json FILE]
-    edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N]
-    edlc optimize MODEL [pass flags] -o opt.onnx
+    edlc inspect MODEL [--input-shape ...] [--passes [a,b]] [-O N] [--target T]
+    edlc optimize MODEL [--target T] [pass flags] -o opt.onnx
     edlc quantize MODEL --calib data.npz -o model.int8.onnx [--calib-method M] [--max-drop N]
     edlc compile MODEL --quantize int8 --calib data.npz | --quantize fp16|bf16 [--exclude NODE] -o OUT
     edlc targets | passes
@@ -404,6 +404,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from edlc.ir.stats import graph_stats
     from edlc.lower import unsupported_nodes
     from edlc.pass_manager import PassManager
+    from edlc.target import get_target
 
     # any pass flag asks for the pipeline report, as --passes does
     run_passes = args.passes is not None or args.opt_level is not None or any(
@@ -416,7 +417,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         graph = PassManager(["fold-constants", "eliminate-dead-code"]).run(graph)
     else:
         graph, pm = optimize(graph, args.opt_level, opts.passes, opts.disabled, args.verify_each,
-                             opts.print_after)
+                             opts.print_after, target=get_target(args.target))
     st = graph_stats(graph)
     print(f"model: {args.model}  (graph '{graph.name}', opset {graph.opset.get('', '?')}, edlc {edlc.__version__})")
     for v in graph.inputs:
@@ -452,12 +453,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     from edlc.artifact import atomic_file
     from edlc.driver import import_model, optimize
+    from edlc.target import get_target
 
     opts = pass_options(args, args.passes)
     graph = import_model(args.model, _shapes(args.input_shape))
     before = len(graph.nodes)
     graph, pm = optimize(graph, args.opt_level, opts.passes, opts.disabled, args.verify_each,
-                         opts.print_after)
+                         opts.print_after, target=get_target(args.target))
     with atomic_file(args.output) as tmp:
         onnx.save(graph.to_onnx(), tmp)
     if args.time_passes:
@@ -591,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
     i.add_argument("--print-ir", action="store_true", help="print the graph in edlc's text form")
     ip = i.add_argument_group("passes")
+    ip.add_argument("--target", default="x86",
+                    help="the target whose -O pipeline runs (passes made for other kinds of target are left out)")
     ip.add_argument("--passes", nargs="?", const="", metavar="a,b",
                     help="run the -O pipeline (or the listed passes) and show, per pass, its time, "
                          "node counts before -> after and its report (implied by the other pass flags)")
@@ -600,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="run graph passes and write the result as ONNX")
     o.add_argument("model")
     o.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
+    o.add_argument("--target", default="x86",
+                   help="the target whose -O pipeline runs (passes made for other kinds of target are left out)")
     _pass_flags(o.add_argument_group("passes"))
     o.add_argument("-o", "--output", required=True, help="ONNX file to write")
     o.set_defaults(fn=cmd_optimize)

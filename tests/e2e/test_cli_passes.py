@@ -231,6 +231,17 @@ def test_inspect_passes_shows_counts(model, capsys):
     assert "passes (-O0)" in text and "  fold-constants " in text
 
 
+def test_inspect_and_optimize_run_the_pipeline_of_the_target(model, tmp_path, capsys):
+    """-O3 on a CPU target has the CPU-only passes (Winograd, pointwise matmuls); on cuda it has
+    not, as `compile --target cuda` would not run them."""
+    assert main(["inspect", str(model), "-O", "3"]) == 0
+    assert "  winograd" in capsys.readouterr().out
+    assert main(["inspect", str(model), "-O", "3", "--target", "cuda"]) == 0
+    assert "  winograd" not in capsys.readouterr().out
+    assert main(["optimize", str(model), "-O", "3", "--target", "nope", "-o", str(tmp_path / "o.onnx")]) == 2
+    assert "unknown target 'nope'" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
+
+
 def test_optimize_writes_onnx_that_onnxruntime_runs(model, plugin, tmp_path, capsys):
     out = tmp_path / "opt.onnx"
     assert main(["optimize", str(model), "-o", str(out), "--time-passes", "--pass-plugin",
