@@ -158,9 +158,10 @@ def main() -> None:
         timers["onnxruntime"] = ort_timer(session, inputs)
         times = interleaved(timers, args.repeat, args.rounds)
         ort_ms = float(np.median(times["onnxruntime"]) * 1e3)
+        imported_nodes = len(import_model(model, SHAPES[name]).nodes)
         for row, _ in found:
             row.update(edlc_ms=float(np.median(times[row["variant"]]) * 1e3), ort_ms=ort_ms,
-                       imported_nodes=len(import_model(model, SHAPES[name]).nodes))
+                       imported_nodes=imported_nodes)
             row["ratio"] = row["edlc_ms"] / ort_ms
             print(f"{name:14} {row['variant']:>8} {row['nodes'] or '-':>5} {row['kernels']:7} "
                   f"{row['compile_s']:9.1f} {row['tune_s']:7.0f} {row['edlc_ms']:10.2f} {ort_ms:9.2f} "

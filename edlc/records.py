@@ -120,6 +120,13 @@ def _workload_key(line: str) -> str:
     return str(json.loads(line)[0])  # the workload's structural hash, as TVM writes it
 
 
+def mean_seconds(run_secs) -> float | None:
+    """Mean of a measurement's run times; None when there are none or the candidate failed
+    (MetaSchedule records a failure as 1e10 s)."""
+    secs = [float(s) for s in (run_secs or [])]
+    return sum(secs) / len(secs) if secs and min(secs) < 1e9 else None
+
+
 def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
     """The `k` fastest records of each workload (its structural hash -> record bodies, fastest
     first), as measured by the search."""
@@ -127,9 +134,9 @@ def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
     by_workload: dict[str, list[tuple[float, list]]] = {}
     for line in records:
         index, body = json.loads(line)
-        secs = [float(s) for s in body[1] or []]
-        if secs and min(secs) < 1e9:  # MetaSchedule records a failed candidate as 1e10 s
-            by_workload.setdefault(_workload_key(workloads[index]), []).append((sum(secs) / len(secs), body))
+        mean = mean_seconds(body[1])
+        if mean is not None:
+            by_workload.setdefault(_workload_key(workloads[index]), []).append((mean, body))
     return {w: [b for _, b in sorted(v, key=lambda x: x[0])[:k]] for w, v in by_workload.items()}
 
 

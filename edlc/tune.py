@@ -31,6 +31,7 @@ from edlc.records import (
     clear_choices,
     count_records,
     locked,
+    mean_seconds,
     record_key,
     repair,
     top_records,
@@ -159,10 +160,8 @@ def _latency_us(runner_result) -> float | None:
 
 
 def _mean_us(run_secs) -> float | None:
-    """Mean of a measurement's run times in µs; None when there are none or the candidate
-    failed (MetaSchedule records a failure as 1e10 s)."""
-    secs = [float(s) for s in (run_secs or [])]
-    return sum(secs) / len(secs) * 1e6 if secs and min(secs) < 1e9 else None
+    mean = mean_seconds(run_secs)
+    return None if mean is None else mean * 1e6
 
 
 def _estimate_ms(tasks: list[TaskInfo]) -> float:
@@ -249,60 +248,86 @@ def _seed_default_schedules(contexts, infos: list[TaskInfo], database, builder, 
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from edlc.schedules import default_schedule, schedule_variants
+    from edlc.schedules import schedule_variants
     from edlc.schedules.analysis import cpu_of
 
     cpu = cpu_of(target)
     if cpu is None:
         return 0
-
-    def schedule(func, variant=None):
-        try:
-            return default_schedule(func, cpu, variant)
-        except Exception:  # noqa: BLE001  no such schedule: the search starts from scratch
-            return None
-
     fresh = [i for i in range(len(contexts)) if not infos[i].trials_before]
-    candidates = [(i, schedule(contexts[i].mod["main"])) for i in fresh]
+    candidates = [(i, _default_schedule(contexts[i].mod, cpu)) for i in fresh]
     for i in sorted(fresh, key=lambda i: -infos[i].weight):
         func = contexts[i].mod["main"]
         for variant in schedule_variants(func, cpu):
             if len(candidates) >= limit:
                 break
-            candidates.append((i, schedule(func, variant)))
+            candidates.append((i, _default_schedule(contexts[i].mod, cpu, variant)))
     seeds, seen = [], set()
     for i, sch in candidates:
         key = (i, tvm_ffi.structural_hash(sch.mod)) if sch is not None else None
         if sch is not None and key not in seen:  # a variant may come out as another one
             seen.add(key)
-            # the arguments of the kernel as measured: a weight the schedule re-lays arrives
-            # re-laid (the re-layout runs when compiling), as MetaSchedule measures candidates
-            seeds.append((i, sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+            seeds.append((i, sch, _measured_args(sch)))
     if not seeds:
         return 0
-    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch, _ in seeds])
-    runs = {}
-    device = "cpu" if target.kind.name == "llvm" else target.kind.name
-    inputs = [(k, ms.runner.RunnerInput(b.artifact_path, device, args))
-              for k, ((_, _, args), b) in enumerate(zip(seeds, built)) if b.error_msg is None]
-    for (k, _), future in zip(inputs, runner.run([inp for _, inp in inputs])):
-        runs[k] = future.result()
+    (runs,) = _build_and_run([(sch, args) for _, sch, args in seeds], builder, runner, target, rounds=1)
     committed = 0
-    for k, (i, sch, args) in enumerate(seeds):
-        result = runs.get(k)
-        us = _latency_us(result) if result is not None else None
+    for (i, sch, args), run_secs in zip(seeds, runs):
+        us = _mean_us(run_secs)
         if us is None:
             continue
         workload = database.commit_workload(contexts[i].mod)
         database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, workload, [float(s) for s in result.run_secs], target, args))
+            sch.trace, workload, [float(s) for s in run_secs], target, args))
         infos[i].trials += 1
         infos[i].note(us)
         committed += 1
-    for b in built:
-        if b.artifact_path:
-            Path(b.artifact_path).unlink(missing_ok=True)
     return committed
+
+
+def _default_schedule(mod, cpu, variant=None):
+    """edlc's default schedule of a task (or a variant of it); None where there is none (the
+    search, or the records, then compete alone)."""
+    from edlc.schedules import default_schedule
+
+    try:
+        return default_schedule(mod["main"], cpu, variant)
+    except Exception:  # noqa: BLE001  no such schedule
+        return None
+
+
+def _measured_args(sch):
+    """The arguments of the kernel as measured: a weight the schedule re-lays arrives re-laid
+    (the re-layout runs when compiling), as MetaSchedule measures candidates."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+
+
+def _build_and_run(candidates: list, builder, runner, target, rounds: int) -> list[list]:
+    """Build (schedule, args) candidates once and run them all `rounds` times, each round the
+    whole list in turn; returns per round, per candidate, its run times in seconds ([] where it
+    failed to build or run). The built files are removed."""
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch, _ in candidates])
+    device = "cpu" if target.kind.name == "llvm" else target.kind.name
+    ok = [k for k, b in enumerate(built) if b.error_msg is None]
+    inputs = [ms.runner.RunnerInput(built[k].artifact_path, device, candidates[k][1]) for k in ok]
+    out = []
+    try:
+        for _ in range(rounds):
+            secs: list[list] = [[] for _ in candidates]
+            for k, future in zip(ok, runner.run(inputs)):
+                result = future.result()
+                if result.error_msg is None:
+                    secs[k] = [float(s) for s in result.run_secs or []]
+            out.append(secs)
+    finally:
+        for b in built:
+            if b.artifact_path:
+                Path(b.artifact_path).unlink(missing_ok=True)
+    return out
 
 
 def _design_space(target):
@@ -427,7 +452,7 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
                                    _progress_callback(searched, remaining, start, progress)],
                 task_scheduler=_batch_scheduler(policy),
             )
-        _closing_check(contexts, infos, records, builder, runner, tvm_target, progress)
+        _closing_check(contexts, infos, records, database, builder, runner, tvm_target, progress)
     except KeyboardInterrupt:
         stop.append("interrupted")
     finally:
@@ -440,8 +465,8 @@ CHECK_TOP = 3  # records of each kernel measured again by the closing check, bes
 CHECK_ROUNDS = 5
 
 
-def _closing_check(contexts, infos: list[TaskInfo], records: Path, builder, runner, target,
-                   progress: Progress) -> None:
+def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, builder, runner,
+                   target, progress: Progress) -> None:
     """Measure each tuned kernel's fastest records and edlc's default schedule again, side by
     side in rounds, and write the winners as the directory's choices.
 
@@ -453,12 +478,10 @@ def _closing_check(contexts, infos: list[TaskInfo], records: Path, builder, runn
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from edlc.schedules import default_schedule
     from edlc.schedules.analysis import cpu_of
 
     try:
         tops = top_records(records, CHECK_TOP)
-        database = ms.database.JSONDatabase(work_dir=str(records))
         cpu = cpu_of(target)
         entries = []  # (task index, label, schedule, args)
         hashes = {}  # task index -> its workload's hash (what the choices are keyed by)
@@ -471,13 +494,9 @@ def _closing_check(contexts, infos: list[TaskInfo], records: Path, builder, runn
                 sch = s_tir.Schedule(ctx.mod)
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
                 candidates.setdefault(tvm_ffi.structural_hash(sch.mod), (record_key(body), sch, record.args_info))
-            try:
-                sch = default_schedule(ctx.mod["main"], cpu) if cpu is not None else None
-            except Exception:  # noqa: BLE001  no default schedule: the records compete alone
-                sch = None
+            sch = _default_schedule(ctx.mod, cpu) if cpu is not None else None
             if sch is not None:
-                args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-                candidates.setdefault(tvm_ffi.structural_hash(sch.mod), (DEFAULT, sch, args))
+                candidates.setdefault(tvm_ffi.structural_hash(sch.mod), (DEFAULT, sch, _measured_args(sch)))
             if len(candidates) > 1:
                 entries += [(i, *c) for c in candidates.values()]
         if not entries:
@@ -500,28 +519,13 @@ def _measure_side_by_side(entries: list, hashes: dict[int, str], infos: list[Tas
     entry with the lowest median wins. Returns the choices, keyed by workload hash."""
     from statistics import median
 
-    from tvm.s_tir import meta_schedule as ms
-
     progress(f"tuning: closing check: measuring {len(entries)} schedules again, {CHECK_ROUNDS} rounds")
-    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in entries])
-    device = "cpu" if target.kind.name == "llvm" else target.kind.name
-    ok = [k for k, b in enumerate(built) if b.error_msg is None]
-    inputs = [ms.runner.RunnerInput(built[k].artifact_path, device, entries[k][3]) for k in ok]
-    times: dict[int, list[float]] = {k: [] for k in ok}
-    try:
-        for _ in range(CHECK_ROUNDS):
-            for k, future in zip(ok, runner.run(inputs)):
-                result = future.result()
-                secs = [float(s) for s in result.run_secs or []] if result.error_msg is None else []
-                if secs and min(secs) < 1e9:
-                    times[k].append(median(secs) * 1e6)
-    finally:
-        for b in built:
-            if b.artifact_path:
-                Path(b.artifact_path).unlink(missing_ok=True)
+    rounds = _build_and_run([(sch, args) for _, _, sch, args in entries], builder, runner, target,
+                            rounds=CHECK_ROUNDS)
     best: dict[int, tuple[float, str]] = {}
     measured: dict[int, dict[str, float]] = {}
-    for k, us in times.items():
+    for k in range(len(entries)):
+        us = [median(secs[k]) * 1e6 for secs in rounds if mean_seconds(secs[k]) is not None]
         if not us:
             continue
         task, label = entries[k][0], entries[k][1]
