@@ -126,6 +126,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
                 p = contraction.plan(c, cpu, v.tiles) if c is not None else None
                 if p is None:
                     continue
+                p.j_inner = v.j_inner
                 contraction.apply(trial, c, p, cpu, v.pad_redundancy)
             except Exception:  # noqa: BLE001  this anchor stays unscheduled
                 continue
@@ -167,6 +168,8 @@ def schedule_variants(func: tirx.PrimFunc, cpu: CPU) -> list[contraction.Variant
     if not plans:
         return []
     out = [contraction.Variant(tiles=t) for t in contraction.tile_options(plans[0], cpu)]
+    if plans[0].depthwise and plans[0].i is not None and plans[0].e_j > plans[0].T:
+        out.append(contraction.Variant(j_inner=True))
     if not plans[0].depthwise and any(has_if_then_else(b.body.value) for b in _stores(sch)):
         # (a depthwise conv reads its padding inline: no padded copy to place)
         out += [contraction.Variant(pad_redundancy=0.0), contraction.Variant(pad_redundancy=1e30)]

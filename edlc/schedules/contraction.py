@@ -60,16 +60,19 @@ class Plan:
     e_i: int = 1
     depthwise: bool = False  # both factors carry j
     rows_outer: bool = False  # j-tiles inside the other output loops (the input read once)
+    j_inner: bool = False  # depthwise: the channel tiles inside each block of pixels
 
 
 @dataclass(frozen=True)
 class Variant:
     """A choice the rule otherwise makes by heuristic, fixed for tuning (edlc.tune measures
-    each variant of a kernel as one design space): the (T, Xb) register tile, and how often
-    per-tile padding may recompute the padded input before it becomes a kernel-wide pass."""
+    each variant of a kernel as one design space): the (T, Xb) register tile, how often
+    per-tile padding may recompute the padded input before it becomes a kernel-wide pass, and
+    a depthwise conv's loop order."""
 
     tiles: tuple[int, int] | None = None
     pad_redundancy: float | None = None
+    j_inner: bool = False  # see Plan.j_inner
 
 
 def _strip_cast(e):
@@ -117,12 +120,12 @@ _SMALL_TILE_BYTES = 12 * 1024
 _DEPTHWISE_MAX_ACC = 8
 
 
-def _budget(nv: int, cpu: CPU, depthwise: bool = False) -> int:
+def _budget(nv: int, cpu: CPU, depthwise: bool = False, spare: int = 1) -> int:
     """The most accumulators a register tile of `nv` vectors over j may have. They share the
-    registers with the tile's weight vectors and a broadcast input: one more spills
-    accumulators every step (MobileNetV2's 1x1 convs with 2x7 accumulators run 1.3-1.5x slower
-    than with 2x4 on Zen 3, one core)."""
-    regs = cpu.vector_regs - nv - 2
+    registers with the tile's weight vectors and a broadcast input (and `spare` more): one
+    more spills accumulators every step (MobileNetV2's 1x1 convs with 2x7 accumulators run
+    1.3-1.5x slower than with 2x4 on Zen 3, one core)."""
+    regs = cpu.vector_regs - nv - 1 - spare
     return min(regs, _DEPTHWISE_MAX_ACC) if depthwise else regs
 
 
@@ -164,7 +167,15 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
         cap = max_acc
         if nv >= 2 and t * e_r * 4 <= _SMALL_TILE_BYTES:
             cap = max(max_acc, min(regs - 2, 14))
-        cap = min(cap, _budget(nv, cpu, depthwise))
+        if nv == 3 and not depthwise and e_r >= 64:
+            # three vectors fill the registers with four rows (12 accumulators, 3 weight
+            # vectors, a broadcast), where the reduction is long enough to pay for loading and
+            # storing them. MobileNetV2's 1x1 convs, 2 threads in the model on Zen 3, 3 x 4
+            # against 3 x 2 or 2 x 4: 0.75-0.93x from 144-576 channels, 0.90x from 64, 1.00x
+            # from 32, 1.1-1.36x from 16-24
+            cap = _budget(nv, cpu, spare=0)
+        else:
+            cap = min(cap, _budget(nv, cpu, depthwise))
         xb = divisors_desc(e_i, max(1, cap // nv))[0]
         nacc = nv * xb
         score = (nv > 1 and nacc >= 6, min(nacc, cap), nacc / (nv + xb))
@@ -174,17 +185,24 @@ def _choose_tiles(e_j: int, e_i: int, cpu: CPU, e_r: int = 1 << 30,
 
 
 def tile_options(p: Plan, cpu: CPU, limit: int = 4) -> list[tuple[int, int]]:
-    """Register tiles other than the plan's worth measuring: whole vectors over j, a divisor
-    of i's extent over i, and at most as many accumulators as registers leave room for."""
+    """Register tiles other than the plan's worth measuring: whole vectors over j and, over i,
+    the largest divisor of i's extent the register budget allows, or the one more block of
+    rows that fits when every register is used (the last block partial where it does not
+    divide i: MobileNetV2's 1x1 convs with 24 output channels, one core on Zen 3: 3 vectors x
+    4 rows 0.23-0.29 ms against 3 x 2 0.31-0.37 ms; its 7x7 ones: 2 x 6 rows 1.05-1.3x faster
+    than 2 x 4, and 2x slower on 14x14)."""
     options = []
     for t in (cpu.lanes, 2 * cpu.lanes, 3 * cpu.lanes, 4 * cpu.lanes):
         if p.e_j % t:
             continue
         nv = t // cpu.lanes
-        for xb in divisors_desc(p.e_i, max(1, _budget(nv, cpu, p.depthwise) // nv)):
+        fitting = divisors_desc(p.e_i, max(1, _budget(nv, cpu, p.depthwise) // nv))[:1]
+        full = _budget(nv, cpu, spare=0) // nv  # every register used
+        if nv >= 2 and not p.depthwise and p.e_i >= 4 * full and full not in fitting:
+            fitting.append(full)
+        for xb in fitting:
             if (t, xb) != (p.T, p.Xb) and nv * xb >= 4:
                 options.append((nv * xb, t, xb))
-                break
     options.sort(reverse=True)
     return [(t, xb) for _, t, xb in options[:limit]]
 
@@ -464,6 +482,11 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
         order = [v for v in order if v == p.j or v in pack_vars] + \
             [v for v in order if v != p.j and v not in pack_vars]
     outer = [jo if v == p.j else loop[v] for v in order]
+    if p.j_inner and p.depthwise and io is not None:
+        # each block of pixels runs all its channel tiles: the taps read whole pixels of the
+        # input (all channels contiguous in NHWC) while they are in L1
+        outer = [lp for lp in outer if lp != jo] + [io, jo]
+        io = None
     if p.rows_outer and io is not None:
         # blocks of rows outside the j-tiles, each a few KiB of input that stays in L1 while
         # every j-tile reads it (a matrix product has no image rows to do that)

@@ -370,3 +370,41 @@ def test_partial_row_blocks_rows_outer_and_three_vector_tiles(scheduled, rng, m,
         assert "T.where" in text  # the partial last block of rows
     if n == 24:
         assert "T.unroll(T.int64(3))" in text  # 3 vectors of 8, not one 24-lane vector
+
+
+def test_three_vector_tiles_take_four_rows_where_the_reduction_is_long():
+    assert (_matmul_plan(3136, 144, 24).T, _matmul_plan(3136, 144, 24).Xb) == (24, 4)
+    assert _matmul_plan(3136, 16, 24).Xb == 2  # 12 accumulators per 16 steps: not worth it
+
+
+def test_every_depthwise_variant_computes_the_same(rng):
+    """Each variant tuning measures (register tiles, the channel tiles inside each block of
+    pixels) gives the unscheduled kernel's result."""
+    from edlc.schedules import default_schedule, schedule_variants
+    from edlc.schedules.analysis import cpu_of
+    from edlc.tune import extract
+
+    c = 64
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["d"], pads=[1, 1, 1, 1], group=c),
+             helper.make_node("Relu", ["d"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [1, c, 14, 14])], [tensor_info("y", [1, c, 14, 14])],
+                       {"w": _conv_w(rng, (c, 1, 3, 3)), "b": rng.standard_normal(c).astype("f")})
+    _, target, tasks = extract(model, opt_level=3)
+    func = next(t.dispatched[0]["main"] for t in tasks if "group_conv2d" in t.dispatched[0]["main"].script())
+    cpu = cpu_of(target)
+    variants = schedule_variants(func, cpu)
+    assert contraction.Variant(j_inner=True) in variants
+
+    def run(f):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        args = [tvm.runtime.tensor(a) for a in arrays]
+        lib["main"](*args)
+        return args[-1].numpy()
+
+    arrays = [rng.standard_normal([int(d) for d in p.shape]).astype("float32")
+              for p in func.params]
+    want = run(func)
+    for v in [None, *variants]:
+        sch = default_schedule(func, cpu, v)
+        got = run(sch.mod["main"].with_attr("tirx.is_scheduled", True))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(v))
