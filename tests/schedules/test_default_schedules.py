@@ -354,7 +354,7 @@ def test_register_tiles_for_awkward_shapes():
     assert not _matmul_plan(128, 768, 768).rows_outer
 
 
-@pytest.mark.parametrize("m, k, n", [(49, 64, 48), (4096, 24, 48), (200, 32, 24)])
+@pytest.mark.parametrize("m, k, n", [(49, 64, 48), (4096, 24, 48), (200, 32, 24), (1, 96, 80)])
 def test_partial_row_blocks_rows_outer_and_three_vector_tiles(scheduled, rng, m, k, n):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
              helper.make_node("Add", ["mm", "b"], ["h"]),
@@ -375,6 +375,8 @@ def test_partial_row_blocks_rows_outer_and_three_vector_tiles(scheduled, rng, m,
 def test_three_vector_tiles_take_four_rows_where_the_reduction_is_long():
     assert (_matmul_plan(3136, 144, 24).T, _matmul_plan(3136, 144, 24).Xb) == (24, 4)
     assert _matmul_plan(3136, 16, 24).Xb == 2  # 12 accumulators per 16 steps: not worth it
+    # a matrix-vector product streams its weight tile by tile, packed when compiling
+    assert _matmul_plan(1, 1280, 1000).pack is not None
 
 
 def test_every_depthwise_variant_computes_the_same(rng):
