@@ -128,8 +128,9 @@ def mean_seconds(run_secs) -> float | None:
 
 
 def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
-    """The `k` fastest records of each workload (its structural hash -> record bodies, fastest
-    first), as measured by the search."""
+    """The `k` fastest records of each workload as measured by the search, then every record of
+    edlc's own schedules (the default and its variants: traces with no sampled decision), which
+    were measured once each; per workload (its structural hash), record bodies, fastest first."""
     workloads, records, _ = _parse(Path(directory))
     by_workload: dict[str, list[tuple[float, list]]] = {}
     for line in records:
@@ -137,7 +138,11 @@ def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
         mean = mean_seconds(body[1])
         if mean is not None:
             by_workload.setdefault(_workload_key(workloads[index]), []).append((mean, body))
-    return {w: [b for _, b in sorted(v, key=lambda x: x[0])[:k]] for w, v in by_workload.items()}
+    top = {}
+    for w, measured in by_workload.items():
+        ranked = [b for _, b in sorted(measured, key=lambda x: x[0])]
+        top[w] = ranked[:k] + [b for b in ranked[k:] if not b[0][1]]
+    return top
 
 
 def read_choices(directory: str | os.PathLike) -> dict[str, dict]:

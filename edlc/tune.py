@@ -460,15 +460,15 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
     return _finish(result, stop, start)
 
 
-CHECK_SHARE = 0.1  # of a time budget, kept for the closing check
-CHECK_TOP = 3  # records of each kernel measured again by the closing check, besides the default
+CHECK_SHARE = 0.15  # of a time budget, kept for the closing check
+CHECK_TOP = 3  # search records of each kernel measured again by the closing check, besides edlc's own
 CHECK_ROUNDS = 5
 
 
 def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, builder, runner,
                    target, progress: Progress) -> None:
-    """Measure each tuned kernel's fastest records and edlc's default schedule again, side by
-    side in rounds, and write the winners as the directory's choices.
+    """Measure each tuned kernel's fastest records, edlc's default schedule and its variants
+    again, side by side in rounds, and write the winners as the directory's choices.
 
     Why: the search measures a candidate once. On a machine whose speed drifts by tens of percent
     from one minute to the next, the fastest of a thousand such measurements is mostly one taken

@@ -117,3 +117,25 @@ def test_compile_honours_the_choices_of_the_closing_check(tuned, tmp_path):
     np.testing.assert_allclose(module.run(x)["y"], ort_run(tiny_conv(), x)["y"], rtol=1e-4, atol=1e-4)
     check, kept = copy_with("0123456789abcdef")  # names no record here
     assert len(kept) == 2 and check.chosen == 0
+
+
+def test_top_records_keep_every_one_of_edlc_s_own_schedules(tuned, monkeypatch):
+    """The closing check measures the search's fastest records and, whatever their first
+    measurement, every default schedule and variant (traces with no sampled decision)."""
+    import json
+
+    from edlc import records
+    from edlc.records import RecordsCheck, top_records
+
+    workloads, lines, _ = _parse(tuned)
+    seeded = [json.loads(line)[1] for line in lines]
+    assert len(seeded) == 2 and all(not body[0][1] for body in seeded)
+    # records of the search (a sampled decision each), measured slower than the seeded ones
+    searched = [[[body[0][0], [[0, [k]]]], [1.0] * len(body[1]), *body[2:]]
+                for k, body in enumerate(seeded * 2)]
+    searched[2][1] = [1e-9] * len(searched[2][1])  # the fastest of all
+    fake = lines + [json.dumps([0, b]) for b in searched]
+    monkeypatch.setattr(records, "_parse", lambda directory: (workloads, fake, RecordsCheck()))
+    (top,) = top_records(tuned, 1).values()
+    assert top[0] == searched[2]
+    assert sorted(map(json.dumps, top[1:])) == sorted(map(json.dumps, seeded))
