@@ -138,4 +138,5 @@ def test_top_records_keep_every_one_of_edlc_s_own_schedules(tuned, monkeypatch):
     monkeypatch.setattr(records, "_parse", lambda directory: (workloads, fake, RecordsCheck()))
     (top,) = top_records(tuned, 1).values()
     assert top[0] == searched[2]
-    assert sorted(map(json.dumps, top[1:])) == sorted(map(json.dumps, seeded))
+    measured = [b for b in seeded if records.mean_seconds(b[1]) is not None]  # not failed runs
+    assert measured and sorted(map(json.dumps, top[1:])) == sorted(map(json.dumps, measured))
