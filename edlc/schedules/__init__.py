@@ -123,10 +123,9 @@ def default_schedule(func: tirx.PrimFunc, cpu: CPU,
                 rv = trial.get_sblock(name)
                 c = contraction.match(trial, rv)
                 v = variant or contraction.Variant()
-                p = contraction.plan(c, cpu, v.tiles) if c is not None else None
+                p = contraction.plan(c, cpu, v.tiles, v.j_inner) if c is not None else None
                 if p is None:
                     continue
-                p.j_inner = v.j_inner
                 contraction.apply(trial, c, p, cpu, v.pad_redundancy)
             except Exception:  # noqa: BLE001  this anchor stays unscheduled
                 continue

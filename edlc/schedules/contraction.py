@@ -60,7 +60,7 @@ class Plan:
     e_i: int = 1
     depthwise: bool = False  # both factors carry j
     rows_outer: bool = False  # j-tiles inside the other output loops (the input read once)
-    j_inner: bool = False  # depthwise: the channel tiles inside each block of pixels
+    j_inner: bool = False  # depthwise with blocks of pixels: the channel tiles inside each block
 
 
 @dataclass(frozen=True)
@@ -242,14 +242,16 @@ def _stride(factor, var: str) -> tuple | None:
     return None
 
 
-def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan | None:
+def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None,
+         j_inner: bool = False) -> Plan | None:
     """Choose the vector axis j, the register axis i and their tiles.
 
     j, in order of preference: the output's innermost axis if one factor reads it contiguously
     and it fills whole vectors (matmul columns, NCHW conv width, NHWC conv channels with HWIO
     weights); else the one axis only the weight-like factor carries, repacked if needed (NCHW
     conv channels when the width is narrow or strided, NHWC with OHWI weights, a transposed
-    matmul operand); else the output's innermost axis (depthwise conv).
+    matmul operand); else the output's innermost axis (depthwise conv). `tiles` and `j_inner`
+    are a Variant's choices; `j_inner` applies to a depthwise conv with blocks of pixels only.
     """
     info = c.info
     ext = {v.name: e for v, e in zip(info.vars, info.extents)}
@@ -311,8 +313,9 @@ def plan(c: Contraction, cpu: CPU, tiles: tuple[int, int] | None = None) -> Plan
     # a tile packed inside the kernel is packed once per j-tile: those stay outermost
     rows_outer = owner is not None and (pack is None or pack[0].name in c.weights) and \
         _input_outweighs_weight(c.factors[1 - owner], c.factors[owner], ext[j] // t)
-    return Plan(j, t, i if xb > 1 else None, xb, pack, phase.get((j, owner)), ext[j], e_i,
-                depthwise, rows_outer)
+    i = i if xb > 1 else None
+    return Plan(j, t, i, xb, pack, phase.get((j, owner)), ext[j], e_i, depthwise, rows_outer,
+                j_inner and depthwise and i is not None)
 
 
 # input rows a block of the rows-outer order reads (see `apply`): half of a 32 KiB L1
@@ -486,8 +489,7 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
         order = [v for v in order if v == p.j or v in pack_vars] + \
             [v for v in order if v != p.j and v not in pack_vars]
     outer = [jo if v == p.j else loop[v] for v in order]
-    j_inner = p.j_inner and p.depthwise and io is not None
-    if j_inner:
+    if p.j_inner:
         # each block of pixels runs all its channel tiles: the taps read whole pixels of the
         # input (all channels contiguous in NHWC) while they are in L1
         outer = [lp for lp in outer if lp != jo] + [io, jo]
@@ -504,7 +506,7 @@ def apply(sch: s_tir.Schedule, c: Contraction, p: Plan, cpu: CPU,
     sch.reorder(*outer, *([io] if io is not None else []), *reduce,
                 *([ii] if ii is not None else []), ji)
     n_pack = sum(1 for v in order if v == p.j or v in pack_vars) if p.pack else len(outer)
-    if j_inner:  # the pixel blocks and channel tiles stay serial loops inside each row
+    if p.j_inner:  # the pixel blocks and channel tiles stay serial loops inside each row
         n_pack = len(outer) - 2
     # parallelize the fewest outer loops that give every core a few iterations
     n_par = 1 if p.rows_outer else n_pack
