@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edlc
-from edlc.records import RECORDS, WORKLOADS, _parse, count_records
+from edlc.records import CHOICES, RECORDS, WORKLOADS, _parse, count_records
 from edlc.tune import tune
 from tests.conftest import ort_run
 from tests.test_tune import QUICK, tiny_conv
@@ -23,6 +23,9 @@ from tests.test_tune import QUICK, tiny_conv
 def tuned(tmp_path_factory):
     rec = tmp_path_factory.mktemp("records") / "rec"
     tune(tiny_conv(), records=rec, trials=2, **QUICK)
+    # without the closing check's choices compile takes each kernel's fastest record, so the
+    # tests below see a record whichever schedule a noisy check happened to pick
+    (rec / CHOICES).unlink(missing_ok=True)
     return rec
 
 
@@ -84,7 +87,10 @@ def test_concurrent_tunes_on_one_directory_leave_it_whole(tmp_path):
     _, _, check = _parse(rec)
     assert check.dropped == [] and check.workloads >= 2 and check.records >= 4
     for model in (tiny_conv(), tiny_matmul()):
-        assert edlc.compile(model, records=rec).manifest["tuning"]["kernels_with_record"]
+        tuning = edlc.compile(model, records=rec).manifest["tuning"]
+        # each kernel has a record, or the closing check chose edlc's default schedule for it
+        assert tuning["kernels_with_record"] or tuning["kept_default_schedule"]
+        assert len(tuning["kernels_without_record"]) == tuning["kept_default_schedule"]
 
 
 def test_compile_honours_the_choices_of_the_closing_check(tuned, tmp_path):
