@@ -26,11 +26,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 import edlc
 from edlc.passes.quantize import quantize
 from edlc.testing import zoo
+from edlc.testing.reference import ort_outputs
 
 MODELS = {
     "resnet18": ("1x3x32x32", lambda: zoo.resnet18(image=32)),
@@ -38,14 +38,6 @@ MODELS = {
     "bert": ("seq 16, 1 layer", lambda: zoo.bert_encoder(seq=16, layers=1)),
 }
 FP32_CPU, PLAIN_CPU, DOT_CPU = "cortex-a76", "cortex-a72", "cortex-a76"
-
-
-def ort_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """onnxruntime with basic optimizations only (no fused u8s8 kernels: the exact QDQ form)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, inputs)))
 
 
 def max_diff(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
@@ -68,7 +60,7 @@ def measure(name: str, calib: int, work: Path) -> dict[str, object]:
     samples = [zoo.random_inputs(model, seed=i) for i in range(calib)]
     inputs = samples[0]
     g8, _ = quantize(edlc.load_onnx(model), samples)
-    want = {"fp32": ort_outputs(model, inputs), "int8": ort_outputs(g8.to_onnx(), inputs)}
+    want = {"fp32": ort_outputs(model, inputs), "int8": ort_outputs(g8.to_onnx(), inputs, basic=True)}
     row: dict[str, object] = {"model": name, "input": shape}
 
     bundle = edlc.compile(model, target="arm", target_options={"mcpu": FP32_CPU}).export(work / f"{name}-bundle")

@@ -33,14 +33,12 @@ from pathlib import Path
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 import edlc  # noqa: E402
 from edlc.bench import set_tvm_threads  # noqa: E402
-from edlc.testing.zoo import ZOO, random_inputs  # noqa: E402
+from edlc.testing.reference import ort_outputs, ort_session  # noqa: E402
+from edlc.testing.zoo import SHAPES, ZOO, random_inputs  # noqa: E402
 
-SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1, 3, 224, 224)},
-          "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
 KINDS = ("fp32", "fp16", "bf16")
 
 
@@ -74,9 +72,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[str]:
     shapes = SHAPES[name]
     model = ZOO[name]()
     inputs = random_inputs(model, shapes=shapes)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model, threads=1)
     want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
     modules, rows = {}, {}
     with tempfile.TemporaryDirectory(prefix="edlc-half-") as tmp:
@@ -124,8 +120,7 @@ def arm_model(name: str) -> list[str]:
     """Instructions per inference of each ARM build (static --aot programs under QEMU)."""
     model = ARM_MODELS[name]()
     inputs = random_inputs(model)
-    want = dict(zip([o.name for o in model.graph.output],
-                    ort.InferenceSession(model.SerializeToString()).run(None, inputs)))
+    want = ort_outputs(model, inputs)
     lines, base = [], None
     for label, mcpu, q, acc in ARM_BUILDS:
         m = edlc.compile(model, target="arm", aot=True, target_options={"mcpu": mcpu}, quantize=q,

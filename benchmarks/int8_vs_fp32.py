@@ -22,22 +22,13 @@ import os
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 import edlc
 from edlc.bench import set_tvm_threads
 from edlc.passes.quantize import quantize
 from edlc.passes.quantize.params import sqnr
-from edlc.testing.zoo import ZOO, random_inputs
-
-SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1, 3, 224, 224)},
-          "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
-
-
-def ort_session(model, threads: int):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+from edlc.testing.reference import ort_session
+from edlc.testing.zoo import SHAPES, ZOO, random_inputs
 
 
 def _timer(fn, repeat: int):
@@ -86,7 +77,7 @@ def bench_model(name: str, args: argparse.Namespace) -> str:
     fp32 = edlc.compile(model, input_shapes=shapes)
     int8 = edlc.compile(edlc.load_onnx(model, shapes), input_shapes=shapes, quantize="int8",
                         calibration=samples, quantize_options=options)
-    sess = ort_session(g8.to_onnx(), args.threads)
+    sess = ort_session(g8.to_onnx(), threads=args.threads)
     got, want = int8.run(inputs), fp32.run(inputs)
     agree = min(sqnr(want[k], got[k]) for k in want)
     runs = {"fp32": lambda: fp32.time(inputs, repeat=args.repeat, warmup=1),

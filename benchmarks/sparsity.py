@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edlc
 from edlc.driver import import_model
 from edlc.passes.sparsity import prune_channels
+from edlc.testing.reference import ort_outputs, ort_session
 from edlc.testing.zoo import resnet18
 
 
@@ -58,10 +59,8 @@ def bench_channel(repeat: int, image: int) -> None:
     pruned_graph, report = prune_channels(graph, 0.5)
     pruned = edlc.compile(pruned_graph)
     t2 = time.perf_counter()
-    import onnxruntime as ort  # the check: edlc's pruned build vs onnxruntime on its export
-
-    sess = ort.InferenceSession(pruned_graph.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(["logits"], x)[0]
+    # the check: edlc's pruned build vs onnxruntime on its export
+    want = ort_outputs(pruned_graph.to_onnx(), x)["logits"]
     diff = float(np.abs(pruned.run(x)["logits"] - want).max())
     d, s = median_ms(dense, pruned, x, repeat)
     report.measured_speedup = d / s
@@ -77,14 +76,6 @@ def _matmul_model(w: np.ndarray, m: int) -> onnx.ModelProto:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
                           [numpy_helper.from_array(w, "w")])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _ort_session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def bench_weight_sparsity(spec: str, repeat: int, m: int = 1, k: int = 768, n: int = 3072) -> None:
@@ -103,7 +94,7 @@ def bench_weight_sparsity(spec: str, repeat: int, m: int = 1, k: int = 768, n: i
     dense, sparse = edlc.compile(dense_graph), edlc.compile(sparse_graph)
     want = dense.run(x)["y"]
     diff = float(np.abs(sparse.run(x)["y"] - want).max() / np.abs(want).max())
-    sess = _ort_session(dense_graph.to_onnx())
+    sess = ort_session(dense_graph.to_onnx(), threads=1)
     d, s, r = median_ms(dense, sparse, x, repeat, lambda: sess.run(None, x))
     kept = report.layers[0]
     print(f"{spec:14} {m}x{k} @ {k}x{n}: dense {d * 1e3:8.1f} us  sparse {s * 1e3:8.1f} us  "

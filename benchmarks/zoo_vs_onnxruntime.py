@@ -3,7 +3,7 @@ several optimization levels and tuned, side by side with onnxruntime.
 
     pip install -e '.[bench]'
     python benchmarks/zoo_vs_onnxruntime.py [--models resnet18,mobilenet_v2,bert] [--repeat 20 --rounds 10]
-        [-O 0,2] [--tune-minutes 20 --records-dir records/] [--threads 2]
+        [-O 0,2] [--tune-minutes 20 --records-dir records/ [--tune-level 3]] [--threads 2]
         [--json zoo.json] [--png zoo.png]
 
 Everything runs on this machine in the same process with the same thread count; outputs are
@@ -14,8 +14,9 @@ moves by 30-50% between minutes; blocks timed minutes apart gave ratios off by a
 
 Prints, per model and level: nodes of the imported graph -> after the passes, kernels in the built module, compile (and tuning) time, median
 latency, and the ratio edlc / onnxruntime (lower is better). With --tune-minutes, each model
-is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at its
-fastest untuned level and compiled with its records: the "tuned" row.
+is tuned (`edlc.tune`, time-budgeted, resuming what --records-dir already holds) at
+--tune-level, else at its fastest untuned level by a short interleaved timing (levels within
+the noise of it may be picked either way), and compiled with its records: the "tuned" row.
 """
 
 from __future__ import annotations
@@ -27,20 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 import edlc
 from edlc.driver import import_model
-from edlc.testing.zoo import ZOO, random_inputs
-
-SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1, 3, 224, 224)},
-          "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
-
-
-def ort_session(model, threads: int):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+from edlc.testing.reference import ort_session
+from edlc.testing.zoo import SHAPES, ZOO, random_inputs
 
 
 def ort_timer(session, inputs):
@@ -131,6 +123,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for both runtimes (default: all cores)")
     ap.add_argument("--tune-minutes", type=float, default=0, help="tune each model this long (0: no tuned row)")
+    ap.add_argument("--tune-level", type=int, choices=range(4),
+                    help="the level to tune at (default: the fastest of -O's, by a short timing)")
     ap.add_argument("--records-dir", type=Path, default=Path("benchmarks/records"),
                     help="tuning records, one directory per model (kept between runs)")
     ap.add_argument("--json", type=Path, help="write the rows here")
@@ -146,13 +140,14 @@ def main() -> None:
     for name in args.models.split(","):
         model = ZOO[name]()
         inputs = random_inputs(model, shapes=SHAPES[name])
-        session = ort_session(model, args.threads)
+        session = ort_session(model, threads=args.threads)
         ref = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
         found = [measure(name, model, inputs, ref, level) for level in levels]
         if args.tune_minutes > 0:
-            # the fastest untuned level, by a short interleaved timing of its own
-            quick = interleaved({r["variant"]: timer for r, timer in found}, 10, 5)
-            best = min(found, key=lambda f: np.median(quick[f[0]["variant"]]))[0]["level"]
+            best = args.tune_level
+            if best is None:  # the fastest untuned level, by a short interleaved timing of its own
+                quick = interleaved({r["variant"]: timer for r, timer in found}, 20, 10)
+                best = min(found, key=lambda f: np.median(quick[f[0]["variant"]]))[0]["level"]
             found.append(tuned_row(name, model, inputs, ref, args.tune_minutes, args.records_dir, best))
         timers = {row["variant"]: timer for row, timer in found}
         timers["onnxruntime"] = ort_timer(session, inputs)

@@ -35,6 +35,8 @@ import numpy as np
 
 from edlc.errors import EdlcError, InputError, first_line
 
+PIPELINE_TARGET_HELP = "the target whose -O pipeline runs (passes made for other kinds of target are left out)"
+
 
 class UsageError(EdlcError):
     """Bad command-line arguments."""
@@ -593,8 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
     i.add_argument("--print-ir", action="store_true", help="print the graph in edlc's text form")
     ip = i.add_argument_group("passes")
-    ip.add_argument("--target", default="x86",
-                    help="the target whose -O pipeline runs (passes made for other kinds of target are left out)")
+    ip.add_argument("--target", default="x86", help=PIPELINE_TARGET_HELP)
     ip.add_argument("--passes", nargs="?", const="", metavar="a,b",
                     help="run the -O pipeline (or the listed passes) and show, per pass, its time, "
                          "node counts before -> after and its report (implied by the other pass flags)")
@@ -604,8 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="run graph passes and write the result as ONNX")
     o.add_argument("model")
     o.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
-    o.add_argument("--target", default="x86",
-                   help="the target whose -O pipeline runs (passes made for other kinds of target are left out)")
+    o.add_argument("--target", default="x86", help=PIPELINE_TARGET_HELP)
     _pass_flags(o.add_argument_group("passes"))
     o.add_argument("-o", "--output", required=True, help="ONNX file to write")
     o.set_defaults(fn=cmd_optimize)

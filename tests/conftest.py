@@ -9,17 +9,15 @@ import onnx
 import onnx.parser
 import pytest
 
+from edlc.testing.reference import ort_outputs
+
 # every pass run in the tests is followed by a graph verification
 os.environ.setdefault("EDLC_VERIFY_EACH", "1")
 
 
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of onnxruntime (the reference executor), keyed by output name."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, inputs)))
+    return ort_outputs(model, inputs)
 
 
 def assert_matches_ort(module, model: onnx.ModelProto, inputs: dict[str, np.ndarray],

@@ -513,6 +513,13 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "bert": bert_encoder,
 }
 
+# the input shapes the zoo is compiled, tested and benchmarked at: batch 1
+SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "resnet18": {"input": (1, 3, 224, 224)},
+    "mobilenet_v2": {"input": (1, 3, 224, 224)},
+    "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)},
+}
+
 _NOT_PARAMETERS = (".running_mean", ".running_var", ".position_ids")
 
 

@@ -7,11 +7,8 @@ import pytest
 
 import edlc
 from edlc.cli import main
-from edlc.testing.zoo import ZOO, random_inputs
+from edlc.testing.zoo import SHAPES, ZOO, random_inputs
 from tests.conftest import assert_matches_ort, ort_run
-
-SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1, 3, 224, 224)},
-          "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
 
 
 def zoo_model(name: str) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ from edlc.cli import main
 from edlc.errors import LoweringError, TargetError
 from edlc.target import available_targets, get_target
 from edlc.targets import cuda
-from edlc.testing.zoo import ZOO, random_inputs
+from edlc.testing.zoo import SHAPES, ZOO, random_inputs
 from tests.conftest import assert_matches_ort, make_model, parse, tensor_info
 
 
@@ -34,8 +34,6 @@ requires_gpu = pytest.mark.skipif(not GPU, reason="no CUDA GPU on this machine")
 no_gpu = pytest.mark.skipif(GPU, reason="checks what happens without a GPU")
 
 RTOL = ATOL = 1e-3
-SHAPES = {"resnet18": {"input": (1, 3, 224, 224)}, "mobilenet_v2": {"input": (1, 3, 224, 224)},
-          "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)}}
 
 
 def conv_matmul(seed: int = 0) -> onnx.ModelProto:

@@ -9,22 +9,15 @@ import onnx
 import pytest
 
 from edlc.testing import zoo
-
-ort = pytest.importorskip("onnxruntime")
+from edlc.testing.reference import ort_session
 
 # torchvision's sum(p.numel() for p in model.parameters()).
 RESNET18_PARAMS = 11_689_512
 MOBILENET_V2_PARAMS = 3_504_872
 
 
-def _session(model: onnx.ModelProto):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    (out,) = _session(model).run(None, feeds)
+    (out,) = ort_session(model).run(None, feeds)
     return out
 
 

@@ -8,18 +8,14 @@ from onnx import helper
 
 from edlc.ir import Graph, TensorType
 from edlc.passes.quantize.params import activation_params, quantize_bias, quantize_weight
+from edlc.testing.reference import ort_outputs
 from tests.conftest import make_model, tensor_info
 
 
 def ort_exact(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """onnxruntime without its QDQ fusion: its fused u8s8 kernels saturate int16 sums on CPUs
     without VNNI (vpmaddubsw), so only the unfused QDQ graph is a bit-exact reference."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+    return ort_outputs(model, feeds, basic=True)
 
 
 def small_cnn(rng: np.random.Generator, image: int = 16) -> onnx.ModelProto:
