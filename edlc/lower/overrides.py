@@ -1,5 +1,6 @@
 """ONNX ops where TVM's converter computes a wrong answer: edlc's own rule, or a refusal of the
-attribute values TVM ignores. A clear error beats a silently wrong result.
+attribute values TVM ignores. A clear error beats a silently wrong result. Also Clip, whose
+converter's form of constant bounds MetaSchedule cannot tile.
 
 Found by the conformance suite (tests/conformance): Tile is miscompiled on AVX-512 targets,
 IsInf ignores detect_positive/negative, SpaceToDepth ignores its mode, and BatchNormalization
@@ -179,3 +180,29 @@ def conv_with_shaped_bias(ctx: LowerContext, node, inputs):
     rank = y.ty.ndim if y.ty.ndim > 0 else 4
     shaped = np.ascontiguousarray(bias.const.reshape((1, -1) + (1,) * (rank - 2)))
     return ctx.emit(relax.op.add(y, ctx.expr(Value(f"{bias.name}_shaped", TensorType.of(shaped), shaped))))
+
+
+_tvm_clip = tvm_converter_rule("Clip")
+
+
+@register_lowering("Clip")
+def clip(ctx: LowerContext, node, inputs):
+    """Constant bounds (a ReLU6's 0 and 6) become numbers in the kernel. TVM's converter keeps
+    them as tensors and checks them for NaN at run time: 0-d blocks between a conv and its
+    epilogue, on which MetaSchedule's multi-level tiling fails (reverse-compute-at) for every
+    fused conv+Clip kernel. A NaN bound means no bound, as in onnxruntime."""
+    from tvm import topi
+
+    bounds = [node.inputs[k] if len(node.inputs) > k else None for k in (1, 2)]
+    if ctx.opset < 11 or not all(b is None or b.is_constant for b in bounds):
+        return _tvm_clip(ctx, node, inputs)
+    integral = not str(node.inputs[0].type.dtype).startswith(("float", "bfloat"))
+    out = inputs[0]
+    for bound, combine in zip(bounds, (topi.maximum, topi.minimum)):
+        if bound is None:
+            continue
+        value = bound.const.reshape(-1)[0].item()
+        if value != value:  # NaN
+            continue
+        out = ctx.bb.emit_te(combine, out, int(value) if integral else float(value))
+    return out
