@@ -130,10 +130,12 @@ def build(lowered: LoweredModel, target: Target, opt_level: int = 2,
             mod = pipeline.fuse(lowered.mod, tgt)
             tuning = None
             if records is not None:
-                mod, found, missing, check = pipeline.apply_records(mod, tgt, records)
-                tuning = {"records": str(records), "kernels_with_record": found,
-                          "kernels_without_record": missing, "records_left_out": check.dropped,
-                          "kept_default_schedule": check.kept_default}
+                mod, applied = pipeline.apply_records(mod, tgt, records)
+                tuning = {"records": str(records), "kernels_with_record": applied.found,
+                          "kernels_without_record": applied.missing,
+                          "records_left_out": applied.check.dropped,
+                          "kept_default_schedule": len(applied.kept_default),
+                          "kernels_kept_default": applied.kept_default}
             mod, params = pipeline.finish(mod, tgt, dict(lowered.params))
             if target.device == "cuda":
                 from edlc.targets import cuda

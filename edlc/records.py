@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +145,14 @@ def top_records(directory: str | os.PathLike, k: int) -> dict[str, list[list]]:
     return top
 
 
+def workload_hash(mod) -> str:
+    """The structural hash MetaSchedule keys a kernel's workload by (the choices are keyed by it
+    too). `mod`: the kernel as a tuning task holds it (normalized to one `main`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return str(ms.database.Workload(mod).as_json()[0])
+
+
 def read_choices(directory: str | os.PathLike) -> dict[str, dict]:
     path = Path(directory) / CHOICES
     try:
@@ -154,12 +162,21 @@ def read_choices(directory: str | os.PathLike) -> dict[str, dict]:
 
 
 def write_choices(directory: str | os.PathLike, choices: dict[str, dict]) -> None:
-    _write_atomically(Path(directory) / CHOICES, [json.dumps(choices, indent=1, sort_keys=True)])
+    """Add `choices` (keyed by workload hash) to the directory's, replacing those of the same
+    kernels; the choices of other kernels (another model's) stand."""
+    merged = {**read_choices(directory), **choices}
+    _write_atomically(Path(directory) / CHOICES, [json.dumps(merged, indent=1, sort_keys=True)])
 
 
-def clear_choices(directory: str | os.PathLike) -> None:
-    """A run that adds records makes earlier choices stale: its own check writes new ones."""
-    (Path(directory) / CHOICES).unlink(missing_ok=True)
+def forget_choices(directory: str | os.PathLike, workloads: Iterable[str]) -> None:
+    """A run that adds records to these kernels makes their choices stale (its own closing check
+    writes new ones); the choices of other kernels in the directory stand."""
+    choices = read_choices(directory)
+    kept = {w: c for w, c in choices.items() if w not in set(workloads)}
+    if not kept:
+        (Path(directory) / CHOICES).unlink(missing_ok=True)
+    elif kept != choices:
+        _write_atomically(Path(directory) / CHOICES, [json.dumps(kept, indent=1, sort_keys=True)])
 
 
 def _apply_choices(workloads: list[str], records: list[str], choices: dict[str, dict]) -> tuple[list[str], list[str]]:

@@ -28,13 +28,14 @@ from edlc.errors import EdlcError, InputError, LoweringError, first_line
 from edlc.records import (
     CHOICES,
     DEFAULT,
-    clear_choices,
     count_records,
+    forget_choices,
     locked,
     mean_seconds,
     record_key,
     repair,
     top_records,
+    workload_hash,
     write_choices,
 )
 
@@ -416,7 +417,7 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
         return _finish(result, [], time.monotonic())
     stop: list[str] = []
     start = time.monotonic()
-    clear_choices(records)
+    forget_choices(records, [workload_hash(ctx.mod) for ctx in contexts])
     cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
     builder = candidate_builder(cc)
     runner = _runner(rpc_tracker, rpc_key)
@@ -487,7 +488,7 @@ def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, bui
         hashes = {}  # task index -> its workload's hash (what the choices are keyed by)
         for i, ctx in enumerate(contexts):
             workload = database.commit_workload(ctx.mod)
-            hashes[i] = str(workload.as_json()[0])
+            hashes[i] = workload_hash(ctx.mod)
             candidates = {}  # structural hash -> (label, schedule, args): the default is often a record
             for body in tops.get(hashes[i], []):
                 record = ms.database.TuningRecord.from_json(body, workload)

@@ -146,3 +146,25 @@ def test_top_records_keep_every_one_of_edlc_s_own_schedules(tuned, monkeypatch):
     assert top[0] == searched[2]
     measured = [b for b in seeded if records.mean_seconds(b[1]) is not None]  # not failed runs
     assert measured and sorted(map(json.dumps, top[1:])) == sorted(map(json.dumps, measured))
+
+
+def test_models_sharing_a_directory_keep_each_other_s_choices(tuned, tmp_path):
+    """A tune of one model forgets only its own kernels' choices; compile counts the kernels of
+    its own model that kept the default schedule, not the directory's."""
+    import json
+
+    from edlc.records import DEFAULT, read_choices, write_choices
+
+    rec = tmp_path / "rec"
+    shutil.copytree(tuned, rec)
+    (conv_workload,) = [str(json.loads(line)[0]) for line in (rec / WORKLOADS).read_text().splitlines()]
+    write_choices(rec, {conv_workload: {"record": DEFAULT}})
+    tune(tiny_matmul(), records=rec, trials=2, **QUICK)
+    choices = read_choices(rec)
+    assert choices[conv_workload] == {"record": DEFAULT}, "the matmul's run dropped the conv's choice"
+    conv = edlc.compile(tiny_conv(), records=rec).manifest["tuning"]
+    assert conv["kept_default_schedule"] == 1
+    assert conv["kernels_kept_default"] == conv["kernels_without_record"] != []
+    mm = edlc.compile(tiny_matmul(), records=rec).manifest["tuning"]
+    mm_defaults = [c for w, c in choices.items() if w != conv_workload and c["record"] == DEFAULT]
+    assert mm["kept_default_schedule"] == len(mm_defaults) == len(mm["kernels_without_record"])

@@ -14,6 +14,9 @@ fusion step and default schedules, minus what breaks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 
 def _default_passes(control_flow: bool) -> list:
     """TVM 0.27's `relax.pipeline.default_build_pipeline`, pass for pass."""
@@ -67,27 +70,44 @@ def fuse(mod, target):
         return mark_weight_params(prepare_kernels(drop_unused_kernels(dedupe_kernels(mod)), target))
 
 
-def apply_records(mod, target, records_dir) -> tuple[object, list[str], list[str], object]:
+@dataclass
+class AppliedRecords:
+    """What `apply_records` did to a model's kernels."""
+
+    found: list[str]  # kernels scheduled by a record
+    missing: list[str]  # kernels without one (edlc's default schedules them)
+    kept_default: list[str]  # of `missing`, those whose choice in the closing check was the default
+    check: Any  # the directory's RecordsCheck: lines left out because they do not parse
+
+
+def apply_records(mod, target, records_dir) -> tuple[object, AppliedRecords]:
     """Schedule the kernels that have a tuning record in `records_dir` (a MetaSchedule JSON
-    database); returns (module, kernels with a record, kernels without, the RecordsCheck of the
-    directory: lines left out because they do not parse, choices of tune's closing check
-    honoured). The directory itself is only read."""
+    database), honouring the choices of tune's closing check. The directory itself is only
+    read; it may hold the records of other models too."""
     import tempfile
 
     import tvm
     from tvm import relax, tirx
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    from edlc.records import readable_copy
+    from edlc.records import DEFAULT, read_choices, readable_copy, workload_hash
 
     with tempfile.TemporaryDirectory(prefix="edlc-records-") as copy:
         check = readable_copy(records_dir, copy)
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(work_dir=copy)(mod)
-    found, missing = [], []
+    defaults = {w for w, c in read_choices(records_dir).items() if c.get("record") == DEFAULT}
+    found, missing, kept_default = [], [], []
     for gv, f in mod.functions.items():
-        if isinstance(f, tirx.PrimFunc):
-            (found if is_scheduled(f) else missing).append(gv.name_hint)
-    return mod, sorted(found), sorted(missing), check
+        if not isinstance(f, tirx.PrimFunc):
+            continue
+        if is_scheduled(f):
+            found.append(gv.name_hint)
+            continue
+        missing.append(gv.name_hint)
+        if defaults and workload_hash(_normalize_mod(f)) in defaults:
+            kept_default.append(gv.name_hint)
+    return mod, AppliedRecords(sorted(found), sorted(missing), sorted(kept_default), check)
 
 
 def estimate_flops(func) -> float | None:
