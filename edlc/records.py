@@ -43,7 +43,12 @@ class RecordsCheck:
     records: int = 0
     dropped: list[str] = field(default_factory=list)  # "file:line: why"
     chosen: int = 0  # kernels whose schedule the closing check of `edlc tune` chose
-    kept_default: int = 0  # of those, kernels whose choice was edlc's default schedule (no record)
+    # of those, the workloads (hashes) whose choice was edlc's default schedule (no record)
+    default_workloads: list[str] = field(default_factory=list)
+
+    @property
+    def kept_default(self) -> int:
+        return len(self.default_workloads)
 
     def report(self, directory: Path) -> str:
         shown = "; ".join(self.dropped[:5]) + (f"; and {len(self.dropped) - 5} more" if len(self.dropped) > 5 else "")
@@ -164,23 +169,28 @@ def read_choices(directory: str | os.PathLike) -> dict[str, dict]:
 def write_choices(directory: str | os.PathLike, choices: dict[str, dict]) -> None:
     """Add `choices` (keyed by workload hash) to the directory's, replacing those of the same
     kernels; the choices of other kernels (another model's) stand."""
-    merged = {**read_choices(directory), **choices}
-    _write_atomically(Path(directory) / CHOICES, [json.dumps(merged, indent=1, sort_keys=True)])
+    _write_choices_file(directory, {**read_choices(directory), **choices})
 
 
 def forget_choices(directory: str | os.PathLike, workloads: Iterable[str]) -> None:
     """A run that adds records to these kernels makes their choices stale (its own closing check
     writes new ones); the choices of other kernels in the directory stand."""
-    choices = read_choices(directory)
-    kept = {w: c for w, c in choices.items() if w not in set(workloads)}
+    choices, stale = read_choices(directory), set(workloads)
+    kept = {w: c for w, c in choices.items() if w not in stale}
     if not kept:
         (Path(directory) / CHOICES).unlink(missing_ok=True)
     elif kept != choices:
-        _write_atomically(Path(directory) / CHOICES, [json.dumps(kept, indent=1, sort_keys=True)])
+        _write_choices_file(directory, kept)
 
 
-def _apply_choices(workloads: list[str], records: list[str], choices: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """The records `compile` sees, and the choices honoured: for a kernel with a choice only the
+def _write_choices_file(directory: str | os.PathLike, choices: dict[str, dict]) -> None:
+    _write_atomically(Path(directory) / CHOICES, [json.dumps(choices, indent=1, sort_keys=True)])
+
+
+def _apply_choices(workloads: list[str], records: list[str], choices: dict[str, dict]
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The records `compile` sees, and the choices honoured (workload -> its chosen record's key
+    or DEFAULT): for a kernel with a choice only the
     chosen record (none where the default schedule won). A choice of a record that is not here
     (the directory was edited since) is ignored."""
     keys = [_workload_key(line) for line in workloads]
@@ -189,7 +199,7 @@ def _apply_choices(workloads: list[str], records: list[str], choices: dict[str, 
     honoured = {w: c["record"] for w, c in choices.items()
                 if w in keys and (c.get("record") == DEFAULT or (w, c.get("record")) in present)}
     kept = [line for w, body, line in parsed if w not in honoured or honoured[w] == record_key(body)]
-    return kept, list(honoured.values())
+    return kept, honoured
 
 
 def _why(e: Exception) -> str:
@@ -223,7 +233,8 @@ def readable_copy(directory: str | os.PathLike, into: str | os.PathLike) -> Reco
     user's directory, perhaps being tuned into at the time)."""
     workloads, records, check = _parse(check_dir(directory))
     records, honoured = _apply_choices(workloads, records, read_choices(directory))
-    check.chosen, check.kept_default = len(honoured), honoured.count(DEFAULT)
+    check.chosen = len(honoured)
+    check.default_workloads = [w for w, record in honoured.items() if record == DEFAULT]
     target = Path(into)
     target.mkdir(parents=True, exist_ok=True)
     _write_atomically(target / WORKLOADS, workloads)

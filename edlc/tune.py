@@ -417,7 +417,8 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
         return _finish(result, [], time.monotonic())
     stop: list[str] = []
     start = time.monotonic()
-    forget_choices(records, [workload_hash(ctx.mod) for ctx in contexts])
+    hashes = [workload_hash(ctx.mod) for ctx in contexts]  # what the choices are keyed by
+    forget_choices(records, hashes)
     cores = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1)) if hasattr(tvm_target, "attrs") else 1
     builder = candidate_builder(cc)
     runner = _runner(rpc_tracker, rpc_key)
@@ -453,7 +454,8 @@ def _tune_tasks(extracted, tvm_target, records: Path, trials: int, time_budget_s
                                    _progress_callback(searched, remaining, start, progress)],
                 task_scheduler=_batch_scheduler(policy),
             )
-        _closing_check(contexts, infos, records, database, builder, runner, tvm_target, progress)
+        _closing_check(contexts, hashes, infos, records, database, builder, runner, tvm_target,
+                       progress)
     except KeyboardInterrupt:
         stop.append("interrupted")
     finally:
@@ -466,8 +468,8 @@ CHECK_TOP = 3  # search records of each kernel measured again by the closing che
 CHECK_ROUNDS = 5
 
 
-def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, builder, runner,
-                   target, progress: Progress) -> None:
+def _closing_check(contexts, hashes: list[str], infos: list[TaskInfo], records: Path, database,
+                   builder, runner, target, progress: Progress) -> None:
     """Measure each tuned kernel's fastest records, edlc's default schedule and its variants
     again, side by side in rounds, and write the winners as the directory's choices.
 
@@ -485,10 +487,8 @@ def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, bui
         tops = top_records(records, CHECK_TOP)
         cpu = cpu_of(target)
         entries = []  # (task index, label, schedule, args)
-        hashes = {}  # task index -> its workload's hash (what the choices are keyed by)
         for i, ctx in enumerate(contexts):
             workload = database.commit_workload(ctx.mod)
-            hashes[i] = workload_hash(ctx.mod)
             candidates = {}  # structural hash -> (label, schedule, args): the default is often a record
             for body in tops.get(hashes[i], []):
                 record = ms.database.TuningRecord.from_json(body, workload)
@@ -514,7 +514,7 @@ def _closing_check(contexts, infos: list[TaskInfo], records: Path, database, bui
                  "kernel's fastest record")
 
 
-def _measure_side_by_side(entries: list, hashes: dict[int, str], infos: list[TaskInfo], builder,
+def _measure_side_by_side(entries: list, hashes: list[str], infos: list[TaskInfo], builder,
                           runner, target, progress: Progress) -> dict[str, dict]:
     """Build every entry once, time them all in CHECK_ROUNDS interleaved rounds; per kernel, the
     entry with the lowest median wins. Returns the choices, keyed by workload hash."""

@@ -90,13 +90,13 @@ def apply_records(mod, target, records_dir) -> tuple[object, AppliedRecords]:
     from tvm import relax, tirx
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    from edlc.records import DEFAULT, read_choices, readable_copy, workload_hash
+    from edlc.records import readable_copy, workload_hash
 
     with tempfile.TemporaryDirectory(prefix="edlc-records-") as copy:
         check = readable_copy(records_dir, copy)
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(work_dir=copy)(mod)
-    defaults = {w for w, c in read_choices(records_dir).items() if c.get("record") == DEFAULT}
+    defaults = set(check.default_workloads)
     found, missing, kept_default = [], [], []
     for gv, f in mod.functions.items():
         if not isinstance(f, tirx.PrimFunc):
